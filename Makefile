@@ -1,0 +1,17 @@
+# The two commands of the README: `make run` and `make test`. Both install what they need.
+.PHONY: setup run test lint types
+
+setup:
+	deploy/setup
+
+run: setup
+	deploy/demo
+
+test: setup
+	.venv/bin/tox -e lint,types,tests
+
+lint: setup
+	.venv/bin/tox -e lint
+
+types: setup
+	.venv/bin/tox -e types

@@ -1,0 +1,1 @@
+"""cpmiw: CPM / OMA SIMPLE IM / SMS interworking for a Kamailio terminating proxy."""

@@ -1,0 +1,126 @@
+"""Which messaging service a request asks for, read from its headers.
+
+Sources, most authoritative first: an SMS-over-IP body; the ICSI in P-Asserted-Service, then
+P-Preferred-Service, then Accept-Contact, then Contact; then the OMA SIMPLE IM feature tags in
+Accept-Contact and Contact; then the SMS-over-IP feature tag. The first source that names a
+service valid for the method wins. Only initial MESSAGE and INVITE requests carry messaging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import fields
+from .services import (
+    CPM_BY_ICSI,
+    ICSI_FEATURE,
+    ICSI_PREFIX,
+    IM_LARGE_TAG,
+    IM_TAG,
+    SMS_CONTENT_TYPE,
+    SMSIP_TAG,
+    Service,
+)
+
+
+@dataclass(frozen=True)
+class ServiceHeaders:
+    """The header values that identify a service; several header lines joined by commas."""
+
+    method: str
+    accept_contact: str = ""
+    contact: str = ""
+    preferred_service: str = ""
+    asserted_service: str = ""
+    content_type: str = ""
+
+
+# Services each method can carry, most specific first: when one header names several (a
+# Contact advertising chat and file transfer), the most specific one is the request's.
+_BY_METHOD: dict[str, tuple[Service, ...]] = {
+    "MESSAGE": (
+        Service.SMS,
+        Service.CPM_SYSTEMMSG,
+        Service.CPM_DEFERRED,
+        Service.CPM_MSG,
+        Service.IM_PAGER,
+    ),
+    "INVITE": (
+        Service.CPM_GROUP,
+        Service.CPM_FILETRANSFER,
+        Service.CPM_LARGEMSG,
+        Service.CPM_DEFERRED,
+        Service.CPM_SESSION,
+        Service.IM_LARGEMSG,
+        Service.IM_SESSION,
+    ),
+}
+_IM_BY_TAG_AND_METHOD: dict[tuple[str, str], Service] = {
+    (IM_LARGE_TAG, "INVITE"): Service.IM_LARGEMSG,
+    (IM_TAG, "INVITE"): Service.IM_SESSION,
+    (IM_TAG, "MESSAGE"): Service.IM_PAGER,
+}
+
+
+def classify(headers: ServiceHeaders) -> Service:
+    """The service the request asks for; Service.NONE when it is not messaging."""
+    method = headers.method.upper()
+    allowed = _BY_METHOD.get(method)
+    if allowed is None:
+        return Service.NONE
+    if method == "MESSAGE" and _media_type(headers.content_type) == SMS_CONTENT_TYPE:
+        return Service.SMS
+    candidates = (
+        _cpm_in_urn_list(headers.asserted_service),
+        _cpm_in_urn_list(headers.preferred_service),
+        _cpm_in_feature_header(headers.accept_contact),
+        _cpm_in_feature_header(headers.contact),
+        _im_in_feature_header(headers.accept_contact, method),
+        _im_in_feature_header(headers.contact, method),
+        {Service.SMS} if SMSIP_TAG in _tags(headers.accept_contact) else set(),
+    )
+    for found in candidates:
+        for service in allowed:
+            if service in found:
+                return service
+    return Service.NONE
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _cpm_of_urn(urn: str) -> Service | None:
+    if not urn.startswith(ICSI_PREFIX):
+        return None
+    return CPM_BY_ICSI.get(urn[len(ICSI_PREFIX) :])
+
+
+def _cpm_in_urn_list(value: str) -> set[Service]:
+    urns = (entry.text.strip("<>").lower() for entry in fields.entries(value))
+    return {service for urn in urns if (service := _cpm_of_urn(urn))}
+
+
+def _feature_params(value: str) -> list[fields.Param]:
+    return [param for entry in fields.entries(value) for param in fields.params(entry)]
+
+
+def _cpm_in_feature_header(value: str) -> set[Service]:
+    found = set()
+    for param in _feature_params(value):
+        if param.name == ICSI_FEATURE:
+            found |= {s for urn in fields.unquote_list(param.value) if (s := _cpm_of_urn(urn))}
+    return found
+
+
+def _tags(value: str) -> set[str]:
+    return {param.name for param in _feature_params(value)}
+
+
+def _im_in_feature_header(value: str, method: str) -> set[Service]:
+    tags = _tags(value)
+    return {
+        service
+        for (tag, m), service in _IM_BY_TAG_AND_METHOD.items()
+        if m == method and tag in tags
+    }

@@ -1,0 +1,113 @@
+"""The routing decision for one initial messaging request: data in, decision out.
+
+The rules, in order (the README's decision table is this function spelled out per cell):
+
+1. not a messaging request         -> deliver unchanged
+2. no profile for the recipient    -> 404
+3. recipient barred                -> 403
+4. recipient has the service       -> deliver unchanged
+5. recipient has the other family  -> by the profile's interworking policy (CPM <-> IM):
+   rewrite the feature tag, or hand to the IM AS, or deliver unchanged
+6. recipient has SMS               -> to the IP-SM-GW (file transfer: by policy)
+7. otherwise                       -> 488
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .profile import Interworking, Profile
+from .services import CPM_FOR_IM, IM_FOR_CPM, Family, Service
+
+
+class Action(enum.StrEnum):
+    DELIVER = "deliver"
+    REWRITE = "rewrite"
+    TO_IM_AS = "to-im-as"
+    TO_IP_SM_GW = "to-ip-sm-gw"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do, and the rule that said so (for logs, metrics and `cpmiw explain`)."""
+
+    action: Action
+    rule: str
+    status: int = 0  # REJECT only
+    reason: str = ""  # REJECT only
+    rewrite_to: Service | None = None  # REWRITE only
+    target: str | None = None  # TO_IM_AS and TO_IP_SM_GW: the AS URI
+
+    @property
+    def summary(self) -> str:
+        """One phrase for the README table and `cpmiw explain`."""
+        if self.action is Action.REJECT:
+            return f"{self.status} {self.reason}"
+        if self.action is Action.REWRITE:
+            assert self.rewrite_to is not None
+            return f"rewrite to {self.rewrite_to.value}, deliver"
+        return self.action.value
+
+
+class FileTransferToSms(enum.Enum):
+    """File transfer to an SMS-only recipient: the IP-SM-GW can send a link, or it cannot."""
+
+    REJECT = "reject"
+    IP_SM_GW = "ip_sm_gw"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Network-wide defaults that apply where a profile says nothing."""
+
+    im_as: str
+    ip_sm_gw: str
+    file_transfer_to_sms: FileTransferToSms = FileTransferToSms.REJECT
+
+
+_COUNTERPART: dict[Family, tuple[Family, dict[Service, Service]]] = {
+    Family.CPM: (Family.IM, IM_FOR_CPM),
+    Family.IM: (Family.CPM, CPM_FOR_IM),
+}
+_INTERWORKING_ACTION = {
+    Interworking.REWRITE: Action.REWRITE,
+    Interworking.IM_AS: Action.TO_IM_AS,
+    Interworking.UNCHANGED: Action.DELIVER,
+}
+
+NOT_FOUND = Decision(Action.REJECT, "unknown-recipient", 404, "Not Found")
+BARRED = Decision(Action.REJECT, "barred", 403, "Forbidden")
+NO_SERVICE = Decision(Action.REJECT, "no-service", 488, "Not Acceptable Here")
+
+
+def decide(service: Service, profile: Profile | None, policy: Policy) -> Decision:
+    family = service.family
+    if family is None:
+        return Decision(Action.DELIVER, "not-messaging")
+    if profile is None:
+        return NOT_FOUND
+    if profile.barred:
+        return BARRED
+    if profile.has(family):
+        return Decision(Action.DELIVER, "subscribed")
+    other, mapping = _COUNTERPART.get(family, (None, {}))
+    if other is not None and profile.has(other) and service in mapping:
+        action = _INTERWORKING_ACTION[profile.interworking]
+        return Decision(
+            action,
+            f"interworking-{profile.interworking.value}",
+            rewrite_to=mapping[service] if action is Action.REWRITE else None,
+            target=(profile.im_as or policy.im_as) if action is Action.TO_IM_AS else None,
+        )
+    if profile.has(Family.SMS) and family is not Family.SMS:
+        if (
+            service is Service.CPM_FILETRANSFER
+            and policy.file_transfer_to_sms is FileTransferToSms.REJECT
+        ):
+            return Decision(Action.REJECT, "file-transfer-to-sms", 488, "Not Acceptable Here")
+        return Decision(
+            Action.TO_IP_SM_GW, "sms-interworking", target=profile.ip_sm_gw or policy.ip_sm_gw
+        )
+    return NO_SERVICE

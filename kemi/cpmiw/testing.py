@@ -1,0 +1,30 @@
+"""Helpers for tests of code that uses cpmiw: profile builders and the recipient kinds."""
+
+from __future__ import annotations
+
+from .profile import Profile
+from .services import Family
+
+DOMAIN = "ims.example.net"
+
+
+def make_profile(user: str, number: str, services: str = "", **fields: object) -> Profile:
+    """A valid profile for sip:<user>@ims.example.net and tel:<number>; services like "cpm,sms"."""
+    return Profile(
+        identities=[f"sip:{user}@{DOMAIN}", f"tel:{number}"],
+        services=[Family(name) for name in services.split(",") if name],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+# The recipient kinds of the README's decision table; None is a recipient without a profile.
+RECIPIENT_KINDS: dict[str, Profile | None] = {
+    "CPM": make_profile("cpm", "+15550000001", "cpm"),
+    "IM only": make_profile("im", "+15550000002", "im"),
+    "SMS only": make_profile("sms", "+15550000003", "sms"),
+    "CPM+SMS": make_profile("cpmsms", "+15550000004", "cpm,sms"),
+    "IM+SMS": make_profile("imsms", "+15550000005", "im,sms"),
+    "no messaging": make_profile("none", "+15550000006"),
+    "barred": make_profile("barred", "+15550000007", "cpm,im,sms", barred=True),
+    "unknown": None,
+}

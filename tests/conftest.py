@@ -1,0 +1,271 @@
+"""Real processes for integration tests: a private redis-server and Kamailio with the repo's cfg.
+
+Both listen on free loopback ports chosen at run time and are stopped when their fixture ends.
+SIP peers (cpmiw.sipnet) bind their own loopback addresses: the IM AS on 127.0.0.3, the
+IP-SM-GW on 127.0.0.4, so that the proxy can tell them from other senders by address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from cpmiw.profile import Profile
+from cpmiw.store import ProfileStore, connect
+from cpmiw.sipnet import Peer
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"
+DOMAIN = "ims.example.net"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (SIP listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def _wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not come up within {timeout} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def start(self) -> None:
+        self.process = _start_redis(self.port)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client = redis.Redis(port=port, socket_timeout=0.5)
+
+    def ready() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    _wait_until(ready, "redis-server")
+    return process
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    port = free_port()
+    server = RedisServer(port, _start_redis(port))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> ProfileStore:
+    return ProfileStore(connect(redis_server.url, timeout=1.0))
+
+
+@dataclass
+class Kamailio:
+    """A running Kamailio with the repo's kamailio.cfg and plugin."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    @property
+    def uri(self) -> str:
+        return f"sip:127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def decision_lines(self, call_id: str) -> list[str]:
+        return [line for line in self.log().splitlines() if f"cpmiw: call-id={call_id} " in line]
+
+
+def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
+    port = free_port()
+    log_path = log_dir / f"kamailio-{port}.log"
+    full_env = {
+        "CPMIW_SIP_ADDR": "127.0.0.1",
+        "CPMIW_SIP_PORT": str(port),
+        "CPMIW_WORKERS": "2",
+        "CPMIW_SHM_MB": "64",
+        "CPMIW_DOMAINS": DOMAIN,
+        "CPMIW_VENV": sys.prefix,
+        "HOME": os.environ.get("HOME", "/root"),
+        **env,
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(LAUNCHER)],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    kamailio = Kamailio(port, process, log_path)
+    with Peer("127.0.0.1") as probe:
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"kamailio exited {process.returncode}:\n{kamailio.log()[-3000:]}"
+                )
+            probe.send(probe.request("OPTIONS", kamailio.uri), kamailio.address)
+            try:
+                probe.recv_response(timeout=0.2)
+            except TimeoutError:
+                return False
+            return True
+
+        _wait_until(answers, "kamailio")
+    return kamailio
+
+
+@dataclass
+class Network:
+    """Kamailio plus the application servers it knows, as SIP peers."""
+
+    kamailio: Kamailio
+    im_as: Peer
+    ip_sm_gw: Peer
+    redis: RedisServer
+    store: ProfileStore
+
+    def provision(self, *profiles: Profile) -> None:
+        self.store.put(profiles)
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="cpmiw-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def make_network(
+    redis_server: RedisServer, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[Network]:
+    with Peer("127.0.0.3") as im_as, Peer("127.0.0.4") as ip_sm_gw:
+        kamailio = start_kamailio(
+            {
+                "CPMIW_REDIS_URL": redis_server.url,
+                "CPMIW_IM_AS": im_as.uri,
+                "CPMIW_IP_SM_GW": ip_sm_gw.uri,
+                **(env or {}),
+            },
+            log_dir,
+        )
+        try:
+            yield Network(
+                kamailio,
+                im_as,
+                ip_sm_gw,
+                redis_server,
+                ProfileStore(connect(redis_server.url, 1.0)),
+            )
+        finally:
+            _stop(kamailio.process)
+
+
+@pytest.fixture(scope="session")
+def network(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
+    yield from make_network(redis_server, log_dir)
+
+
+def drain(*peers: Peer) -> None:
+    """Forget anything left on the peers' sockets by an earlier test."""
+    for peer in peers:
+        while True:
+            try:
+                peer.recv(timeout=0.01)
+            except TimeoutError:
+                break
+
+
+@pytest.fixture
+def net(network: Network) -> Network:
+    """The session's network with empty AS sockets."""
+    drain(network.im_as, network.ip_sm_gw)
+    return network
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the tail of Kamailio's log to a failing integration test's report."""
+    report: pytest.TestReport = yield
+    funcargs = getattr(item, "funcargs", {})
+    kamailio = next(
+        (v.kamailio for v in funcargs.values() if isinstance(v, Network)),
+        None,
+    )
+    if report.failed and kamailio is not None:
+        report.sections.append(("kamailio log (tail)", kamailio.log()[-6000:]))
+    return report

@@ -1,0 +1,340 @@
+"""End to end: real Kamailio with the repo's cfg and plugin, real Redis, SIP peers on loopback.
+
+Each test provisions its own subscribers (unique names), registers devices on 127.0.0.5 and
+asserts what each peer receives, header lines compared as text, and what the caller gets back.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from conftest import DOMAIN, Network
+from cpmiw.profile import Profile
+from cpmiw.testing import make_profile
+from cpmiw.sipnet import Dialog, Peer, SipMessage, StatelessProxy
+
+ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi."
+CPM_MSG_ACCEPT = f'*;+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg";require;explicit'
+CPM_MSG_URN = "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg"
+RCS_IARI = '+g.3gpp.iari-ref="urn%3Aurn-7%3A3gpp-application.ims.iari.rcse.im"'
+CPIM = b"From: <sip:anonymous@anonymous.invalid>\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n"
+    b"a=path:msrp://127.0.0.1:7394/s111;tcp\r\n"
+)
+# Headers a proxy legitimately changes on the way (or the peers rebuild).
+HOP_BY_HOP = {"via", "max-forwards", "content-length", "route", "record-route"}
+
+
+def subscriber(net: Network, services: str, **fields: object) -> Profile:
+    """A fresh subscriber in Redis: sip:<unique>@ims.example.net and a unique tel number."""
+    profile = make_profile(
+        f"u{secrets.token_hex(4)}", f"+1555{secrets.randbelow(10**7):07d}", services, **fields
+    )
+    net.provision(profile)
+    return profile
+
+
+@contextmanager
+def device(net: Network, profile: Profile, *, transport: str = "udp") -> Iterator[Peer]:
+    """A registered device of `profile` on 127.0.0.5."""
+    with Peer("127.0.0.5", transport=transport) as peer:
+        ok = peer.register(net.kamailio.address, profile.registration_aor)
+        assert ok.status == 200, ok.start_line
+        yield peer
+
+
+def cpm_message(caller: Peer, ruri: str, **kwargs: object) -> SipMessage:
+    return caller.request(
+        "MESSAGE",
+        ruri,
+        headers=[
+            ("Accept-Contact", CPM_MSG_ACCEPT),
+            ("Accept-Contact", f"*;{RCS_IARI}"),
+            ("P-Preferred-Service", CPM_MSG_URN),
+            ("Conversation-ID", "f81d4fae7dec11d0a76500a0c91e6bf6"),
+            ("Contribution-ID", "abcdef"),
+            ("Content-Type", "message/cpim"),
+        ],
+        body=CPIM,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def next_provisional(peer: Peer) -> SipMessage:
+    """The next provisional response other than the proxy's own 100 Trying."""
+    while (response := peer.recv_response(final=False)).status == 100:
+        pass
+    return response
+
+
+def end_to_end_lines(msg: SipMessage) -> list[str]:
+    return [line for line in msg.header_lines() if line.split(":")[0].lower() not in HOP_BY_HOP]
+
+
+def deliver_and_answer(caller: Peer, ue: Peer, request: SipMessage, net: Network) -> SipMessage:
+    """Sends `request`, answers it 200 at the device; returns what the device received."""
+    caller.send(request, net.kamailio.address)
+    received = ue.recv_request(request.method)
+    ue.reply(received, 200, "OK")
+    assert caller.recv_response().status == 200
+    return received
+
+
+def test_cpm_message_to_cpm_user_arrives_unchanged(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer() as caller, device(net, dave) as ue:
+        sent = cpm_message(caller, dave.registration_aor)
+        received = deliver_and_answer(caller, ue, sent, net)
+    assert received.ruri.startswith("sip:u") and f"@127.0.0.5:{ue.port}" in received.ruri
+    assert end_to_end_lines(received) == end_to_end_lines(sent)
+    assert received.body == sent.body
+    assert "rule=subscribed" in net.kamailio.decision_lines(sent.header("Call-ID") or "")[0]
+
+
+def test_cpm_message_to_im_only_user_arrives_with_the_im_tag(net: Network) -> None:
+    bob = subscriber(net, "im")
+    with Peer() as caller, device(net, bob) as ue:
+        sent = cpm_message(caller, bob.registration_aor)
+        received = deliver_and_answer(caller, ue, sent, net)
+    untouched = [
+        line
+        for line in end_to_end_lines(sent)
+        if not line.startswith(("Accept-Contact", "P-Preferred-Service"))
+    ]
+    rewritten = f"Accept-Contact: *;+g.oma.sip-im;require;explicit,*;{RCS_IARI}"
+    assert end_to_end_lines(received) == [*untouched, rewritten]
+    assert received.body == sent.body
+
+
+def test_im_message_to_cpm_only_user_arrives_with_the_cpm_icsi(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer() as caller, device(net, dave) as ue:
+        sent = caller.request(
+            "MESSAGE",
+            dave.registration_aor,
+            headers=[("Accept-Contact", "*;+g.oma.sip-im"), ("Content-Type", "text/plain")],
+            body=b"hi",
+        )
+        received = deliver_and_answer(caller, ue, sent, net)
+    assert received.header_values("Accept-Contact") == [f'*;+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg"']
+
+
+def test_cpm_message_to_sms_only_user_goes_to_the_ip_sm_gw(net: Network) -> None:
+    carol = subscriber(net, "sms")
+    with Peer() as caller:
+        sent = cpm_message(caller, carol.identities[1])
+        caller.send(sent, net.kamailio.address)
+        received = net.ip_sm_gw.recv_request("MESSAGE")
+        net.ip_sm_gw.reply(received, 202, "Accepted")
+        assert caller.recv_response().status == 202
+    assert received.ruri == carol.identities[1]
+    routes = received.header_values("Route")
+    assert len(routes) == 1
+    own = f"<sip:127.0.0.1:{net.kamailio.port};lr;cpmiw="
+    assert routes[0].startswith(f"<{net.ip_sm_gw.uri};lr>, {own}")
+    assert end_to_end_lines(received) == end_to_end_lines(sent)
+
+
+def test_tel_aliases_find_the_same_subscriber(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    number = dave.identities[1].removeprefix("tel:")
+    dashed = f"tel:{number[:2]}-{number[2:5]}-{number[5:8]}-{number[8:]}"
+    with Peer() as caller, device(net, dave) as ue:
+        for ruri in (f"tel:{number}", dashed, f"sip:{number}@{DOMAIN};user=phone"):
+            received = deliver_and_answer(caller, ue, cpm_message(caller, ruri), net)
+            assert f"@127.0.0.5:{ue.port}" in received.ruri, ruri
+
+
+def test_im_as_policy_sends_to_the_im_as_which_routes_back(net: Network) -> None:
+    erin = subscriber(net, "im", interworking="im_as")
+    im_as = StatelessProxy(net.im_as)
+    with Peer() as caller, device(net, erin) as ue:
+        sent = cpm_message(caller, erin.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        forwarded = im_as.forward_one()
+        assert forwarded.ruri == erin.registration_aor
+        received = ue.recv_request("MESSAGE")  # back from the AS: delivered, not redirected again
+        ue.reply(received, 200, "OK")
+        assert [r.status for r in im_as.relay_responses()] == [200]
+        assert caller.recv_response().status == 200
+        net.im_as.expect_nothing(0.3)
+    assert received.header_values("Route") == []
+    assert end_to_end_lines(received) == end_to_end_lines(sent)
+    rules = [
+        line.split("rule=")[1].split()[0]
+        for line in net.kamailio.decision_lines(sent.header("Call-ID") or "")
+    ]
+    assert rules == ["interworking-im_as", "returned-from-as"]
+
+
+def _captured_marker_route(net: Network, profile: Profile) -> tuple[str, str]:
+    """A real marker route issued by the proxy for one request, and that request's Call-ID."""
+    with Peer() as caller:
+        sent = cpm_message(caller, profile.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        at_as = net.im_as.recv_request("MESSAGE")
+        net.im_as.reply(at_as, 500, "Server Error")
+        caller.recv_response()
+    return at_as.header_values("Route")[0].split(", ")[1], sent.header("Call-ID") or ""
+
+
+def test_forged_or_foreign_markers_do_not_skip_the_as(net: Network) -> None:
+    erin = subscriber(net, "im", interworking="im_as")
+    route, call_id = _captured_marker_route(net, erin)
+    forged = f"<sip:127.0.0.1:{net.kamailio.port};lr;cpmiw=99999999999.AAAAAAAAAAAAAAAAAAAAAA>"
+    with Peer() as attacker, device(net, erin) as ue:
+        for marker_route, reuse_call_id in ((forged, None), (route, call_id)):
+            attempt = cpm_message(
+                attacker, erin.registration_aor, route=[marker_route], call_id=reuse_call_id
+            )
+            attacker.send(attempt, net.kamailio.address)
+            at_as = net.im_as.recv_request("MESSAGE")  # still sent to the AS
+            net.im_as.reply(at_as, 403, "Forbidden")
+            assert attacker.recv_response().status == 403
+        ue.expect_nothing(0.3)
+    # A valid marker replayed from the AS address but for another request: not honoured either.
+    with Peer("127.0.0.3") as from_as_host, device(net, erin) as ue:
+        replay = cpm_message(from_as_host, erin.registration_aor, route=[route])
+        from_as_host.send(replay, net.kamailio.address)
+        at_as = net.im_as.recv_request("MESSAGE")
+        net.im_as.reply(at_as, 403, "Forbidden")
+        assert from_as_host.recv_response().status == 403
+        ue.expect_nothing(0.3)
+    assert "AS marker from non-AS address 127.0.0.1" in net.kamailio.log()
+    assert "invalid or expired AS marker from 127.0.0.3" in net.kamailio.log()
+
+
+def test_rejections_carry_precise_statuses(net: Network) -> None:
+    barred = subscriber(net, "cpm", barred=True)
+    nothing = subscriber(net, "")
+    unregistered = subscriber(net, "cpm")
+    cases = {
+        f"sip:nobody-{secrets.token_hex(3)}@{DOMAIN}": 404,
+        barred.registration_aor: 403,
+        nothing.registration_aor: 488,
+        unregistered.registration_aor: 480,
+        "sip:someone@elsewhere.example.org": 403,
+        f"sip:{DOMAIN}": 404,
+    }
+    with Peer() as caller:
+        answers = {
+            uri: caller.ask(cpm_message(caller, uri), net.kamailio.address).status for uri in cases
+        }
+    assert answers == cases
+
+
+def test_malformed_profile_gives_503_with_retry_after_and_a_log_line(net: Network) -> None:
+    identity = f"sip:broken{secrets.token_hex(3)}@{DOMAIN}"
+    client = net.redis.client()
+    client.set(f"cpmiw:1:alias:{identity}", identity)
+    client.set(f"cpmiw:1:profile:{identity}", b'{"identities": ["sip:x@y"], "services": ["fax"]}')
+    with Peer() as caller:
+        answer = caller.ask(cpm_message(caller, identity), net.kamailio.address)
+    assert (answer.status, answer.header("Retry-After")) == (503, "30")
+    assert f"profile of {identity} unavailable" in net.kamailio.log()
+
+
+def test_not_messaging_requests_are_relayed_unchanged(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer() as caller, device(net, dave) as ue:
+        sent = caller.request(
+            "OPTIONS", dave.registration_aor, headers=[("Accept", "application/sdp")]
+        )
+        received = deliver_and_answer(caller, ue, sent, net)
+    assert end_to_end_lines(received) == end_to_end_lines(sent)
+
+
+def test_delivery_report_addressed_to_the_ip_sm_gw_is_relayed_untouched(net: Network) -> None:
+    with Peer() as ue:
+        report = ue.request(
+            "MESSAGE",
+            net.ip_sm_gw.uri,
+            headers=[("Content-Type", "application/vnd.3gpp.sms")],
+            body=b"\x02\x01\x41",
+        )
+        ue.send(report, net.kamailio.address)
+        received = net.ip_sm_gw.recv_request("MESSAGE")
+        net.ip_sm_gw.reply(received, 202, "Accepted")
+        assert ue.recv_response().status == 202
+    assert end_to_end_lines(received) == end_to_end_lines(report)
+    assert received.body == report.body
+
+
+def test_message_over_tcp(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer(transport="tcp") as caller, device(net, dave, transport="tcp") as ue:
+        received = deliver_and_answer(caller, ue, cpm_message(caller, dave.registration_aor), net)
+    assert received.header_values("Accept-Contact")[0] == CPM_MSG_ACCEPT
+
+
+def _chat_invite(caller: Peer, ruri: str, icsi: str) -> SipMessage:
+    return caller.request(
+        "INVITE",
+        ruri,
+        headers=[
+            ("Accept-Contact", f'*;+g.3gpp.icsi-ref="{ICSI}{icsi}"'),
+            ("Content-Type", "application/sdp"),
+        ],
+        body=SDP,
+    ).replace_header(
+        "Contact", f'<sip:caller@127.0.0.1:{caller.port}>;+g.3gpp.icsi-ref="{ICSI}{icsi}"'
+    )
+
+
+def test_chat_session_to_im_user_with_ack_and_bye_through_the_proxy(net: Network) -> None:
+    bob = subscriber(net, "im")
+    with Peer() as caller, device(net, bob) as ue:
+        invite = _chat_invite(caller, bob.registration_aor, "oma.cpm.session")
+        caller.send(invite, net.kamailio.address)
+        at_ue = ue.recv_request("INVITE")
+        assert at_ue.header_values("Accept-Contact") == ["*;+g.oma.sip-im"]
+        assert at_ue.header_values("Contact") == [
+            f"<sip:caller@127.0.0.1:{caller.port}>;+g.oma.sip-im"
+        ]
+        assert at_ue.body == SDP
+        assert len(at_ue.header_values("Record-Route")) == 1
+        ue.reply(at_ue, 180, "Ringing")
+        ue.reply(
+            at_ue, 200, "OK", contact=True, headers=[("Content-Type", "application/sdp")], body=SDP
+        )
+        assert next_provisional(caller).status == 180
+        ok = caller.recv_response()
+        assert ok.status == 200
+        dialog = Dialog.from_2xx(invite, ok)
+        assert dialog.route_set  # the proxy stays in the dialog
+        ack, hop = dialog.request(caller, "ACK")
+        assert hop == net.kamailio.address
+        caller.send(ack, hop)
+        assert ue.recv_request("ACK").header("Call-ID") == invite.header("Call-ID")
+        bye, hop = dialog.request(caller, "BYE")
+        caller.send(bye, hop)
+        ue.reply(ue.recv_request("BYE"), 200, "OK")
+        assert caller.recv_response().status == 200
+
+
+def test_cancel_while_ringing(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer() as caller, device(net, dave) as ue:
+        invite = _chat_invite(caller, dave.registration_aor, "oma.cpm.session")
+        caller.send(invite, net.kamailio.address)
+        at_ue = ue.recv_request("INVITE")
+        ue.reply(at_ue, 180, "Ringing")
+        assert next_provisional(caller).status == 180
+        cancel = SipMessage(
+            f"CANCEL {invite.ruri} SIP/2.0",
+            [
+                (n, v.replace("INVITE", "CANCEL") if n == "CSeq" else v)
+                for n, v in invite.headers
+                if n in ("Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards")
+            ],
+            b"",
+        )
+        caller.send(cancel, net.kamailio.address)
+        ue.reply(ue.recv_request("CANCEL"), 200, "OK")
+        ue.reply(at_ue, 487, "Request Terminated")
+        statuses = {caller.recv_response().status, caller.recv_response().status}
+        assert statuses == {200, 487}

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from cpmiw.profile import Profile
-from cpmiw.store import ProfileStore, connect
 from cpmiw.sipnet import Peer
+from cpmiw.store import ProfileStore, connect
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from cpmiw.decision import Action, FileTransferToSms, Policy, decide
 from cpmiw.profile import Interworking
 from cpmiw.services import Service

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
+
 from cpmiw.sipnet import (
     Dialog,
     Peer,

@@ -12,7 +12,8 @@ import msgspec
 from . import profile as profile_model
 from .identity import IdentityError, canonical
 from .profile import Profile, ProfileError
-from .store import ProfileStore, StoreError, connect
+from .routing import StoreError
+from .store import ProfileStore, connect
 
 EXIT_NOT_FOUND = 3
 

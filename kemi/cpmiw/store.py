@@ -17,6 +17,7 @@ import redis
 
 from . import profile as profile_model
 from .profile import Profile
+from .routing import StoreError
 
 PREFIX = "cpmiw:1:"
 PROFILE = PREFIX + "profile:"
@@ -27,10 +28,6 @@ local subscriber = redis.call('GET', KEYS[1])
 if not subscriber then return false end
 return redis.call('GET', '{PROFILE}' .. subscriber)
 """
-
-
-class StoreError(RuntimeError):
-    """Redis could not be asked (down, slow, refused)."""
 
 
 def connect(url: str, timeout: float) -> redis.Redis:

@@ -132,6 +132,7 @@ class Kamailio:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_port: int = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -144,17 +145,37 @@ class Kamailio:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def decision_lines(self, call_id: str) -> list[str]:
-        return [line for line in self.log().splitlines() if f"cpmiw: call-id={call_id} " in line]
+    def decision_lines(self, call_id: str, count: int = 1) -> list[str]:
+        """The decision log lines of `call_id`, once at least `count` are written (or 2 s)."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            lines = [
+                line
+                for line in self.log().splitlines()
+                if f"cpmiw: call-id={call_id} " in line
+            ]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
+    def wait_for_log(self, text: str) -> str:
+        """The log, once `text` appears in it (or after 2 s)."""
+        deadline = time.monotonic() + 2.0
+        while text not in (log := self.log()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
 
 
 def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
     port = free_port()
+    metrics_port = free_port()
     log_path = log_dir / f"kamailio-{port}.log"
     full_env = {
         "CPMIW_SIP_ADDR": "127.0.0.1",
         "CPMIW_SIP_PORT": str(port),
         "CPMIW_WORKERS": "2",
+        "CPMIW_METRICS_PORT": str(metrics_port),
+        "CPMIW_METRICS_DIR": str(log_dir / f"metrics-{port}"),
         "CPMIW_SHM_MB": "64",
         "CPMIW_DOMAINS": DOMAIN,
         "CPMIW_VENV": sys.prefix,
@@ -169,7 +190,7 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    kamailio = Kamailio(port, process, log_path)
+    kamailio = Kamailio(port, process, log_path, metrics_port)
     with Peer("127.0.0.1") as probe:
 
         def answers() -> bool:
@@ -218,6 +239,7 @@ def make_network(
                 "CPMIW_REDIS_URL": redis_server.url,
                 "CPMIW_IM_AS": im_as.uri,
                 "CPMIW_IP_SM_GW": ip_sm_gw.uri,
+                "CPMIW_AS_TIMEOUT_MS": "500",
                 **(env or {}),
             },
             log_dir,

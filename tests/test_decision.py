@@ -35,7 +35,9 @@ def test_readme_table_covers_every_service_and_recipient_kind() -> None:
     assert set(TABLE) == {(s.value, kind) for s in Service for kind in RECIPIENT_KINDS}
 
 
-@pytest.mark.parametrize(("service", "kind"), sorted(TABLE), ids="{0[0]}-{0[1]}".format)
+@pytest.mark.parametrize(
+    ("service", "kind"), [pytest.param(*cell, id=f"{cell[0]}-{cell[1]}") for cell in sorted(TABLE)]
+)
 def test_decision_matches_readme(service: str, kind: str) -> None:
     decision = decide(Service(service), RECIPIENT_KINDS[kind], POLICY)
     assert decision.summary == TABLE[service, kind]

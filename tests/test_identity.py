@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -123,13 +125,27 @@ def test_not_an_identity(uri: str) -> None:
         canonical(uri)
 
 
-@pytest.mark.xfail(
-    raises=(AssertionError, IdentityError),
-    strict=True,
-    reason="BUG: the SIP user part is percent-decoded into characters that re-parse differently",
-)
-@pytest.mark.parametrize("uri", ["sip:%3Bx@ims.example.net", "sip:a%2540b@ims.example.net"])
-def test_canonical_of_escaped_user_is_stable(uri: str) -> None:
+def unstable(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(
+        raises=(AssertionError, IdentityError), strict=True, reason=f"BUG: {reason}"
+    )
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("sip:al%69ce@ims.example.net", id="escaped-letter"),
+        pytest.param("SIP:Alice@IMS.Example.NET:5060 ", id="trailing-space"),
+        pytest.param("sip:%3Bx@ims.example.net", id="escaped-semicolon",
+                     marks=unstable("user part percent-decoded into ';', unparsable next time")),
+        pytest.param("sip:a%2540b@ims.example.net", id="escaped-percent",
+                     marks=unstable("user part decoded once to 'a%40b', next time to 'a@b'")),
+        pytest.param("sip:alice@ims.example.net ?x", id="space-in-host",
+                     marks=unstable("whitespace inside the host part is kept")),
+        pytest.param("sip:alice@ ?x", id="blank-host", marks=unstable("a blank host is accepted")),
+    ],
+)  # fmt: skip
+def test_canonical_form_is_stable(uri: str) -> None:
     once = canonical(uri)
     assert canonical(once) == once
 
@@ -143,15 +159,14 @@ URIISH = st.builds(
 
 @given(URIISH)
 def test_canonical_raises_only_identity_error(uri: str) -> None:
-    try:
+    with contextlib.suppress(IdentityError):
         canonical(uri)
-    except IdentityError:
-        pass
 
 
 @given(URIISH)
 def test_canonical_is_idempotent(uri: str) -> None:
-    assume("%" not in uri)  # see test_canonical_of_escaped_user_is_stable
+    # known bugs, see test_canonical_form_is_stable
+    assume("%" not in uri and not any(char.isspace() for char in uri.strip()))
     try:
         once = canonical(uri)
     except IdentityError:

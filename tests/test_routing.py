@@ -10,6 +10,8 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from conftest import DOMAIN, Network
 from cpmiw.profile import Profile
 from cpmiw.sipnet import Dialog, Peer, SipMessage, StatelessProxy
@@ -39,12 +41,16 @@ def subscriber(net: Network, services: str, **fields: object) -> Profile:
 
 
 @contextmanager
-def device(net: Network, profile: Profile, *, transport: str = "udp") -> Iterator[Peer]:
-    """A registered device of `profile` on 127.0.0.5."""
+def device(
+    net: Network, profile: Profile, *, transport: str = "udp", tags: str = ""
+) -> Iterator[Peer]:
+    """A device of `profile` on 127.0.0.5, registered with feature `tags` while in use."""
     with Peer("127.0.0.5", transport=transport) as peer:
-        ok = peer.register(net.kamailio.address, profile.registration_aor)
+        ok = peer.register(net.kamailio.address, profile.registration_aor, contact_params=tags)
         assert ok.status == 200, ok.start_line
         yield peer
+        gone = peer.register(net.kamailio.address, profile.registration_aor, expires=0)
+        assert gone.status == 200, gone.start_line
 
 
 def cpm_message(caller: Peer, ruri: str, **kwargs: object) -> SipMessage:
@@ -149,13 +155,26 @@ def test_tel_aliases_find_the_same_subscriber(net: Network) -> None:
             assert f"@127.0.0.5:{ue.port}" in received.ruri, ruri
 
 
-def test_im_as_policy_sends_to_the_im_as_which_routes_back(net: Network) -> None:
+def _im_as_adapts(msg: SipMessage) -> SipMessage:
+    """What an IM AS does: the CPM tag becomes the IM tag."""
+    return msg.without_header("P-Preferred-Service").replace_header(
+        "Accept-Contact", "*;+g.oma.sip-im;require;explicit"
+    )
+
+
+def _decision_rules(net: Network, call_id: str, count: int) -> list[str]:
+    lines = net.kamailio.decision_lines(call_id, count)
+    return [line.split(" rule=")[1].split()[0] for line in lines]
+
+
+@pytest.mark.parametrize("adapts", [True, False], ids=["as-adapts", "as-leaves-cpm-tag"])
+def test_im_as_policy_sends_to_the_im_as_which_routes_back(net: Network, adapts: bool) -> None:
     erin = subscriber(net, "im", interworking="im_as")
     im_as = StatelessProxy(net.im_as)
     with Peer() as caller, device(net, erin) as ue:
         sent = cpm_message(caller, erin.registration_aor)
         caller.send(sent, net.kamailio.address)
-        forwarded = im_as.forward_one()
+        forwarded = im_as.forward_one(mutate=_im_as_adapts if adapts else None)
         assert forwarded.ruri == erin.registration_aor
         received = ue.recv_request("MESSAGE")  # back from the AS: delivered, not redirected again
         ue.reply(received, 200, "OK")
@@ -163,12 +182,19 @@ def test_im_as_policy_sends_to_the_im_as_which_routes_back(net: Network) -> None
         assert caller.recv_response().status == 200
         net.im_as.expect_nothing(0.3)
     assert received.header_values("Route") == []
-    assert end_to_end_lines(received) == end_to_end_lines(sent)
-    rules = [
-        line.split("rule=")[1].split()[0]
-        for line in net.kamailio.decision_lines(sent.header("Call-ID") or "")
+    # Either way the IM client gets the IM tag: the proxy aligns what the AS left.
+    accept_contact = ",".join(received.header_values("Accept-Contact"))
+    assert accept_contact.startswith("*;+g.oma.sip-im;require;explicit")
+    assert "icsi" not in accept_contact
+    assert received.header_values("P-Preferred-Service") == []
+    untouched = [line for line in end_to_end_lines(sent) if not line.startswith(("Accept-", "P-"))]
+    assert [
+        line for line in end_to_end_lines(received) if not line.startswith(("Accept-", "P-"))
+    ] == untouched
+    assert _decision_rules(net, sent.header("Call-ID") or "", 2) == [
+        "interworking-im_as",
+        "returned-from-as",
     ]
-    assert rules == ["interworking-im_as", "returned-from-as"]
 
 
 def _captured_marker_route(net: Network, profile: Profile) -> tuple[str, str]:
@@ -177,14 +203,15 @@ def _captured_marker_route(net: Network, profile: Profile) -> tuple[str, str]:
         sent = cpm_message(caller, profile.registration_aor)
         caller.send(sent, net.kamailio.address)
         at_as = net.im_as.recv_request("MESSAGE")
-        net.im_as.reply(at_as, 500, "Server Error")
-        caller.recv_response()
+        net.im_as.reply(at_as, 603, "Decline")
+        assert caller.recv_response().status == 603
     return at_as.header_values("Route")[0].split(", ")[1], sent.header("Call-ID") or ""
 
 
 def test_forged_or_foreign_markers_do_not_skip_the_as(net: Network) -> None:
     erin = subscriber(net, "im", interworking="im_as")
-    route, call_id = _captured_marker_route(net, erin)
+    with device(net, erin):
+        route, call_id = _captured_marker_route(net, erin)
     forged = f"<sip:127.0.0.1:{net.kamailio.port};lr;cpmiw=99999999999.AAAAAAAAAAAAAAAAAAAAAA>"
     with Peer() as attacker, device(net, erin) as ue:
         for marker_route, reuse_call_id in ((forged, None), (route, call_id)):
@@ -196,16 +223,19 @@ def test_forged_or_foreign_markers_do_not_skip_the_as(net: Network) -> None:
             net.im_as.reply(at_as, 403, "Forbidden")
             assert attacker.recv_response().status == 403
         ue.expect_nothing(0.3)
-    # A valid marker replayed from the AS address but for another request: not honoured either.
-    with Peer("127.0.0.3") as from_as_host, device(net, erin) as ue:
+    # A valid marker replayed from an AS address but for another request: not honoured either.
+    with Peer("127.0.0.4") as from_as_host, device(net, erin) as ue:
         replay = cpm_message(from_as_host, erin.registration_aor, route=[route])
         from_as_host.send(replay, net.kamailio.address)
         at_as = net.im_as.recv_request("MESSAGE")
         net.im_as.reply(at_as, 403, "Forbidden")
         assert from_as_host.recv_response().status == 403
         ue.expect_nothing(0.3)
-    assert "AS marker from non-AS address 127.0.0.1 ignored" in net.kamailio.log()
-    assert "invalid or expired AS marker from 127.0.0.3 ignored" in net.kamailio.log()
+    for warning in (
+        "AS marker from non-AS address 127.0.0.1 ignored",
+        "invalid or expired AS marker from 127.0.0.4 ignored",
+    ):
+        assert warning in net.kamailio.wait_for_log(warning)
 
 
 def test_rejections_carry_precise_statuses(net: Network) -> None:
@@ -235,7 +265,8 @@ def test_malformed_profile_gives_503_with_retry_after_and_a_log_line(net: Networ
     with Peer() as caller:
         answer = caller.ask(cpm_message(caller, identity), net.kamailio.address)
     assert (answer.status, answer.header("Retry-After")) == (503, "30")
-    assert f"profile of {identity} unavailable" in net.kamailio.log()
+    warning = f"profile of {identity} unavailable"
+    assert warning in net.kamailio.wait_for_log(warning)
 
 
 def test_not_messaging_requests_are_relayed_unchanged(net: Network) -> None:

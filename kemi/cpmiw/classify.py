@@ -19,6 +19,7 @@ from .services import (
     IM_TAG,
     SMS_CONTENT_TYPE,
     SMSIP_TAG,
+    Family,
     Service,
 )
 
@@ -124,3 +125,25 @@ def _im_in_feature_header(value: str, method: str) -> set[Service]:
         for (tag, m), service in _IM_BY_TAG_AND_METHOD.items()
         if m == method and tag in tags
     }
+
+
+def device_families(contact: str) -> frozenset[Family]:
+    """What a registering device can take, from the feature tags of its Contact entry."""
+    tags = _tags(contact)
+    found = {Family.CPM} if _cpm_in_feature_header(contact) else set()
+    if tags & {IM_TAG, IM_LARGE_TAG}:
+        found.add(Family.IM)
+    if SMSIP_TAG in tags:
+        found.add(Family.SMS)
+    return frozenset(found)
+
+
+def registered_contacts(contact_header: str) -> list[tuple[str, frozenset[Family]]]:
+    """(URI, families) of each entry of a REGISTER's Contact header; `*` has none."""
+    found = []
+    for entry in fields.entries(contact_header):
+        if entry.text.startswith("<"):
+            found.append((entry.text[1 : entry.text.find(">")], device_families(entry.text)))
+        elif entry.text != "*":
+            found.append((entry.text.split(";", 1)[0], device_families(entry.text)))
+    return found

@@ -2,14 +2,18 @@
 
 The rules, in order (the README's decision table is this function spelled out per cell):
 
-1. not a messaging request         -> deliver unchanged
-2. no profile for the recipient    -> 404
-3. recipient barred                -> 403
-4. recipient has the service       -> deliver unchanged
-5. recipient has the other family  -> by the profile's interworking policy (CPM <-> IM):
+1. not a messaging request              -> deliver unchanged
+2. no profile for the recipient         -> 404
+3. recipient barred                     -> 403
+4. has the service, a device takes it   -> deliver unchanged
+5. a device takes the other family      -> by the profile's interworking policy (CPM <-> IM):
    rewrite the feature tag, or hand to the IM AS, or deliver unchanged
-6. recipient has SMS               -> to the IP-SM-GW (file transfer: by policy)
-7. otherwise                       -> 488
+6. recipient has SMS                    -> to the IP-SM-GW (file transfer: by policy)
+7. has the service, no device takes it  -> 480
+8. otherwise                            -> 488
+
+Devices are the recipient's registered contacts and their feature tags; without them (None)
+the profile alone says what the recipient takes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Action(enum.StrEnum):
     TO_IM_AS = "to-im-as"
     TO_IP_SM_GW = "to-ip-sm-gw"
     REJECT = "reject"
+    ANSWER = "answer"  # the proxy answers itself (OPTIONS on behalf of a subscriber)
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,12 @@ class Decision:
     reason: str = ""  # REJECT only
     rewrite_to: Service | None = None  # REWRITE only
     target: str | None = None  # TO_IM_AS and TO_IP_SM_GW: the AS URI
+    capabilities: tuple[Service, ...] = ()  # ANSWER: the services advertised
 
     @property
     def summary(self) -> str:
         """One phrase for the README table and `cpmiw explain`."""
-        if self.action is Action.REJECT:
+        if self.action in (Action.REJECT, Action.ANSWER):
             return f"{self.status} {self.reason}"
         if self.action is Action.REWRITE:
             assert self.rewrite_to is not None
@@ -82,7 +88,36 @@ BARRED = Decision(Action.REJECT, "barred", 403, "Forbidden")
 NO_SERVICE = Decision(Action.REJECT, "no-service", 488, "Not Acceptable Here")
 
 
-def decide(service: Service, profile: Profile | None, policy: Policy) -> Decision:
+NOT_REGISTERED = Decision(Action.REJECT, "not-registered", 480, "Temporarily Unavailable")
+
+# What each registered device can take, from the feature tags of its Contact; None when the
+# registrations are not known (then the profile alone decides). A device that registered no
+# messaging tag at all is taken to support every service of the profile.
+Devices = list[frozenset[Family]] | None
+
+
+def reachable(profile: Profile, devices: Devices) -> frozenset[Family]:
+    """The families the subscriber can be reached with over IP right now."""
+    subscribed = frozenset(profile.services)
+    if devices is None:
+        return subscribed
+    return frozenset().union(*(tags or subscribed for tags in devices))
+
+
+def decide(
+    service: Service,
+    profile: Profile | None,
+    policy: Policy,
+    devices: Devices = None,
+    *,
+    use_as: bool = True,
+) -> Decision:
+    """The decision for one request.
+
+    `use_as=False` decides as if no AS existed (a request back from an AS, or an AS that failed
+    with default handling `continue`): interworking is done by rewriting, SMS users get the
+    request delivered to whatever they registered.
+    """
     family = service.family
     if family is None:
         return Decision(Action.DELIVER, "not-messaging")
@@ -90,11 +125,15 @@ def decide(service: Service, profile: Profile | None, policy: Policy) -> Decisio
         return NOT_FOUND
     if profile.barred:
         return BARRED
-    if profile.has(family):
+    online = reachable(profile, devices)
+    if profile.has(family) and family in online:
         return Decision(Action.DELIVER, "subscribed")
     other, mapping = _COUNTERPART.get(family, (None, {}))
-    if other is not None and profile.has(other) and service in mapping:
-        action = _INTERWORKING_ACTION[profile.interworking]
+    if other in online and service in mapping:
+        policy_action = _INTERWORKING_ACTION[profile.interworking]
+        action = (
+            Action.REWRITE if policy_action is Action.TO_IM_AS and not use_as else policy_action
+        )
         return Decision(
             action,
             f"interworking-{profile.interworking.value}",
@@ -107,7 +146,11 @@ def decide(service: Service, profile: Profile | None, policy: Policy) -> Decisio
             and policy.file_transfer_to_sms is FileTransferToSms.REJECT
         ):
             return Decision(Action.REJECT, "file-transfer-to-sms", 488, "Not Acceptable Here")
+        if not use_as:
+            return Decision(Action.DELIVER, "sms-without-as")
         return Decision(
             Action.TO_IP_SM_GW, "sms-interworking", target=profile.ip_sm_gw or policy.ip_sm_gw
         )
+    if profile.has(family) or (other is not None and profile.has(other) and service in mapping):
+        return NOT_REGISTERED
     return NO_SERVICE

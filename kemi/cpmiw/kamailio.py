@@ -15,12 +15,16 @@ import traceback
 
 import KSR  # provided by app_python3 inside Kamailio
 
-from . import marker, metrics
-from .classify import ServiceHeaders
+from . import conversation, marker, metrics
+from .cache import CachedProfiles
+from .classify import ServiceHeaders, registered_contacts
+from .conversation import Conversation, ConversationStore
 from .decision import Action, Decision
+from .identity import IdentityError, canonical
+from .profile import ProfileError
 from .rewrite import rewrite_feature_header, rewrite_service_header
-from .routing import Plan, Request, plan
-from .services import Service
+from .routing import Plan, Request, StoreError, plan
+from .services import ICSI_FEATURE, Family, Service, icsi_urn
 from .settings import Settings, load_settings
 from .store import ProfileStore, connect
 
@@ -32,6 +36,13 @@ REWRITERS = {
     "P-Asserted-Service": rewrite_service_header,
 }
 NOT_REGISTERED = Decision(Action.REJECT, "not-registered", 480, "Temporarily Unavailable")
+# htable (kamailio.cfg) holding, per registered contact URI, the families its device takes.
+CAPABILITIES = "caps"
+CONVERSATION_HEADERS = (
+    conversation.CONVERSATION_ID,
+    conversation.CONTRIBUTION_ID,
+    conversation.IN_REPLY_TO,
+)
 
 
 def _pv(name: str) -> str:
@@ -59,10 +70,21 @@ class Router:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store: ProfileStore | None = None
+        self.conversations: ConversationStore | None = None
 
     def child_init(self, rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
-        self.store = ProfileStore(connect(self.settings.redis_url, self.settings.redis_timeout))
+        client = connect(self.settings.redis_url, self.settings.redis_timeout)
+        self.store = ProfileStore(client)
+        self.conversations = ConversationStore(client, self.settings.conversation_ttl)
+        # Routing asks the worker's cache; Redis only on a miss (cache.py).
+        self.profiles = CachedProfiles(
+            self.store,
+            capacity=self.settings.cache_entries,
+            poll_interval=self.settings.cache_poll,
+            max_age=self.settings.cache_max_age,
+            backoff=self.settings.redis_backoff,
+        )
         return 0
 
     def route_initial(self, _msg: object) -> int:
@@ -71,16 +93,20 @@ class Router:
         started = time.perf_counter()
         try:
             routing = self._plan(call_id)
-            for warning in routing.warnings:
-                KSR.warn(f"cpmiw: {warning} call-id={call_id}\n")
-            decision = self._apply(routing)
+            self._log(call_id, routing, self._apply(routing), started)
         except Exception:
             KSR.err(f"cpmiw: internal error call-id={call_id}: {traceback.format_exc()}\n")
             KSR.sl.send_reply(500, "Internal Server Error")
             metrics.observe_decision(_pv("$rm"), "unknown", "error", "internal-error", 500, 0.0)
-            return 1
+        return 1
+
+    def _log(self, call_id: str, routing: Plan, decision: Decision, started: float) -> None:
+        """The decision's log line and metrics, and the warnings met on the way."""
+        for warning in routing.warnings:
+            KSR.warn(f"cpmiw: {warning} call-id={call_id}\n")
+        method = _pv("$rm")
         metrics.observe_decision(
-            _pv("$rm"),
+            method,
             routing.service.value,
             decision.action.value,
             decision.rule,
@@ -88,13 +114,12 @@ class Router:
             time.perf_counter() - started,
         )
         KSR.info(
-            f"cpmiw: call-id={call_id} method={_pv('$rm')} service={routing.service.value}"
+            f"cpmiw: call-id={call_id} method={method} service={routing.service.value}"
             f" action={decision.action.value} rule={decision.rule}"
-            f" status={decision.status or '-'}\n"
+            f" status={decision.status or '-'}{' shadow=on' if self.settings.shadow else ''}\n"
         )
-        return 1
 
-    def _plan(self, call_id: str) -> Plan:
+    def _plan(self, call_id: str, *, use_as: bool = True) -> Plan:
         assert self.store is not None, "child_init opens the store"
         request = Request(
             ruri=_pv("$ru"),
@@ -111,28 +136,124 @@ class Router:
             source=_pv("$si"),
             route=_all("Route"),
         )
-        return plan(request, self.settings, self.store.lookup, time.time())
+        return plan(
+            request,
+            self.settings,
+            self.profiles.lookup,
+            self._registrations,
+            time.time(),
+            use_as=use_as,
+        )
 
-    def _apply(self, routing: Plan) -> Decision:
+    def _registrations(self, aor: str) -> list[frozenset[Family]]:
+        """The recipient's registered devices, with what each registered it can take."""
+        if KSR.registrar.reg_fetch_contacts("location", aor, "cpmiw") < 0:
+            return []
+        try:
+            devices = []
+            for index in range(int(_pv("$ulc(cpmiw=>count)") or 0)):
+                tags = KSR.htable.sht_get(CAPABILITIES, _pv(f"$(ulc(cpmiw=>addr)[{index}])"))
+                devices.append(frozenset(Family(tag) for tag in str(tags or "").split(",") if tag))
+            return devices
+        finally:
+            KSR.registrar.reg_free_contacts("cpmiw")
+
+    def registered(self, _msg: object) -> int:
+        """After a REGISTER was saved: remembers what each contact's device can take."""
+        try:
+            for uri, families in registered_contacts(_all("Contact")):
+                tags = ",".join(sorted(family.value for family in families))
+                KSR.htable.sht_sets(CAPABILITIES, uri, tags)
+        except Exception:
+            error = traceback.format_exc()
+            KSR.err(f"cpmiw: registration tags not kept call-id={_pv('$ci')}: {error}\n")
+        return 1
+
+    def _apply(self, routing: Plan, *, failing_over: bool = False) -> Decision:
         """Carries the plan out; returns the decision as finally taken (480 if unregistered)."""
-        # Our own route was consumed; routes preloaded by a sender are not honoured.
-        KSR.hdr.remove("Route")
+        if not failing_over:  # in failure_route these removals were made already
+            # Our own route was consumed; routes preloaded by a sender are not honoured.
+            KSR.hdr.remove("Route")
+            if routing.untrusted and _pv("$hdr(P-Asserted-Service)"):
+                KSR.hdr.remove("P-Asserted-Service")
         decision = routing.decision
+        if self.settings.shadow and routing.identity is not None:
+            self._deliver(routing.profile.registration_aor if routing.profile else routing.identity)
+            return decision
         if decision.action is Action.REJECT:
             if decision.status == 503:
                 KSR.hdr.append_to_reply(f"Retry-After: {self.settings.retry_after}\r\n")
             _reply(decision)
             return decision
+        if decision.action is Action.ANSWER:
+            self._answer_options(decision)
+            return decision
         if decision.target is not None:
-            self._to_as(decision.target)
+            self._to_as(routing, decision.target)
             return decision
         if decision.rewrite_to is not None:
             self._rewrite(routing.service, decision.rewrite_to)
-        if routing.aor is not None and KSR.registrar.lookup_uri("location", routing.aor) < 0:
+        delivered = decision.rewrite_to or routing.service
+        if delivered.family is Family.CPM and _pv("$si") in self.settings.as_addresses:
+            self._restore_conversation(routing)
+        return decision if self._deliver(routing.aor) else NOT_REGISTERED
+
+    def _deliver(self, aor: str | None) -> bool:
+        """To the registered contacts of `aor` (None: to the R-URI); 480 when it has none."""
+        if aor is not None and KSR.registrar.lookup_uri("location", aor) < 0:
             _reply(NOT_REGISTERED)
-            return NOT_REGISTERED
+            return False
         _relay()
-        return decision
+        return True
+
+    def _answer_options(self, decision: Decision) -> None:
+        """Answers a capability query with what the network can deliver to the subscriber."""
+        urns = ",".join(icsi_urn(service).replace(":", "%3A") for service in decision.capabilities)
+        KSR.hdr.append_to_reply(f'Contact: <{_pv("$ru")}>;{ICSI_FEATURE}="{urns}"\r\n')
+        KSR.hdr.append_to_reply("Allow: INVITE, ACK, CANCEL, BYE, MESSAGE, OPTIONS\r\n")
+        _reply(decision)
+
+    def _party(self, uri: str) -> str:
+        """A party of a conversation: its subscriber id if it is ours, else its canonical URI."""
+        assert self.store is not None
+        try:
+            identity = canonical(uri)
+            profile = self.store.lookup(identity)
+        except (IdentityError, StoreError, ProfileError):
+            return uri
+        return profile.subscriber if profile else identity
+
+    def _remember_conversation(self, routing: Plan) -> None:
+        """CPM traffic on its way to the IP-SM-GW: keep its conversation for the SMS reply."""
+        assert self.conversations is not None
+        ids = _pv("$hdr(Conversation-ID)"), _pv("$hdr(Contribution-ID)")
+        if routing.profile is None or not all(ids):
+            return
+        state = Conversation(*ids)
+        try:
+            self.conversations.remember(self._party(_pv("$fu")), routing.profile.subscriber, state)
+        except StoreError as error:
+            KSR.warn(f"cpmiw: conversation not kept call-id={_pv('$ci')}: {error}\n")
+
+    def _restore_conversation(self, routing: Plan) -> None:
+        """An SMS user's reply from the IP-SM-GW: gives it back its CPM conversation headers."""
+        assert self.conversations is not None
+        if routing.profile is None:
+            return
+        present = {name: value for name in CONVERSATION_HEADERS if (value := _pv(f"$hdr({name})"))}
+        parties = routing.profile.subscriber, self._party(_pv("$fu"))
+        try:
+            remembered = self.conversations.recall(*parties)
+        except StoreError as error:
+            KSR.warn(f"cpmiw: conversation not recalled call-id={_pv('$ci')}: {error}\n")
+            remembered = None
+        added, state = conversation.headers_to_add(present, remembered)
+        for name, value in added:
+            KSR.hdr.append(f"{name}: {value}\r\n")
+        try:
+            self.conversations.remember(*parties, state)
+        except StoreError as error:
+            KSR.warn(f"cpmiw: conversation not kept call-id={_pv('$ci')}: {error}\n")
 
     def _rewrite(self, source: Service, target: Service) -> None:
         """Swaps the feature tag; each header is replaced only when its value changes."""
@@ -144,15 +265,63 @@ class Router:
                 if new:
                     KSR.hdr.append(f"{header}: {new}\r\n")
 
-    def _to_as(self, as_uri: str) -> None:
-        """Sends the request to the AS with a signed route back to this proxy (ISC style)."""
+    def _to_as(self, routing: Plan, as_uri: str) -> None:
+        """Sends the request to the AS with a signed route back to this proxy (ISC style).
+
+        The Route header is added in branch_route[AS_BRANCH], so that a branch created later by
+        the AS's default handling (failure_route[AS_FAILURE] -> as_failed) goes without it.
+        """
+        if routing.decision.action is Action.TO_IP_SM_GW and routing.service.family is Family.CPM:
+            self._remember_conversation(routing)
         bound_to = marker.binding(_pv("$ci"), _pv("$cs"), _pv("$rm"))
         token = marker.issue(self.settings.secret, bound_to, time.time(), self.settings.marker_ttl)
         own = f"sip:{self.settings.sip_addr}:{self.settings.sip_port};lr;{marker.PARAM}={token}"
         first = as_uri if ";lr" in as_uri.lower() else f"{as_uri};lr"
-        KSR.hdr.insert(f"Route: <{first}>, <{own}>\r\n")
+        handling = routing.profile.as_failure.value if routing.profile else "continue"
+        KSR.pv.sets("$avp(cpmiw_route)", f"<{first}>, <{own}>")
+        KSR.pv.sets("$avp(cpmiw_as_failure)", handling)
         KSR.setdsturi(as_uri)
+        KSR.tm.t_on_branch("AS_BRANCH")
+        KSR.tm.t_on_reply("AS_REPLY")
+        KSR.tm.t_on_failure("AS_FAILURE")
+        KSR.tm.t_set_fr(0, self.settings.as_timeout)
         _relay()
+
+    def as_failed(self, _msg: object) -> int:
+        """failure_route[AS_FAILURE]: the AS answered 408 / 5xx, or nothing in time.
+
+        Default handling applies only when the AS sent no provisional response: `continue`
+        routes the request as if there were no AS; `terminate` lets tm send the AS's failure
+        (408 Request Timeout when it did not answer) to the caller.
+        """
+        call_id = _pv("$ci")
+        try:
+            status = int(_pv("$T_reply_code") or 0)
+            if _pv("$avp(cpmiw_as_progress)") or not (status == 408 or 500 <= status < 600):
+                return 1
+            handling = _pv("$avp(cpmiw_as_failure)") or "continue"
+            metrics.count_as_failure(handling)
+            KSR.warn(
+                f"cpmiw: AS failed with {status}, default handling {handling} call-id={call_id}\n"
+            )
+            if handling != "continue":
+                return 1
+            KSR.pv.unset("$avp(cpmiw_route)")
+            KSR.resetdsturi()
+            started = time.perf_counter()
+            routing = self._plan(call_id, use_as=False)
+            self._log(call_id, routing, self._apply(routing, failing_over=True), started)
+        except Exception:
+            KSR.err(
+                f"cpmiw: AS default handling failed call-id={call_id}: {traceback.format_exc()}\n"
+            )
+        return 1
+
+    def serve_http(self, _msg: object) -> int:
+        """Answers an HTTP request on the metrics listener (kamailio.cfg, xhttp)."""
+        status, reason, content_type, body = metrics.serve(_pv("$hu"))
+        KSR.xhttp.xhttp_reply(status, reason, content_type, body.decode())
+        return 1
 
 
 def mod_init() -> Router:

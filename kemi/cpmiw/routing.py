@@ -11,15 +11,15 @@ injected dependency (`Lookup`), so the proxy and the CLI cannot disagree about a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import fields, marker
 from .classify import ServiceHeaders, classify
-from .decision import Action, Decision, decide
+from .decision import Action, Decision, Devices, Policy, decide
 from .identity import IdentityError, canonical
 from .profile import Profile, ProfileError
-from .services import Service
-from .settings import Settings
+from .services import CPM_SERVICES, Family, Service
+from .settings import Settings, host_of
 
 
 class StoreError(RuntimeError):
@@ -28,6 +28,8 @@ class StoreError(RuntimeError):
 
 # Finds the profile owning a canonical identity; raises StoreError or ProfileError.
 Lookup = Callable[[str], Profile | None]
+# The devices registered for an AOR, each as the families its Contact's feature tags name.
+Registrations = Callable[[str], list[frozenset[Family]]]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ class Plan:
     decision: Decision
     identity: str | None = None
     profile: Profile | None = None
+    devices: Devices = None
     warnings: tuple[str, ...] = field(default=())
+    untrusted: bool = False  # sender may not assert services: drop its P-Asserted-Service
 
     @property
     def aor(self) -> str | None:
@@ -77,40 +81,76 @@ NOT_A_SUBSCRIBER = Decision(Action.REJECT, "not-a-subscriber", 404, "Not Found")
 PROFILE_UNAVAILABLE = Decision(Action.REJECT, "profile-unavailable", 503, "Service Unavailable")
 
 
-def plan(request: Request, settings: Settings, lookup: Lookup, now: float) -> Plan:
-    service = classify(request.headers)
+def plan(
+    request: Request,
+    settings: Settings,
+    lookup: Lookup,
+    registrations: Registrations,
+    now: float,
+    *,
+    use_as: bool = True,
+) -> Plan:
+    """The plan for `request`; `use_as=False` when its AS failed with default handling continue."""
+    untrusted = request.source not in settings.trusted_addresses
+    headers = replace(request.headers, asserted_service="") if untrusted else request.headers
+    service = classify(headers)
     returning, warnings = _returning_from_as(request, settings, now)
     if returning:
-        return _returned(request, service, lookup)
-    if not request.ruri.lower().startswith("tel:") and request.host not in settings.domains:
-        if request.host in settings.as_hosts:
-            return Plan(Service.NONE, Decision(Action.DELIVER, ADDRESSED_TO_AS), warnings=warnings)
-        return Plan(Service.NONE, FOREIGN, warnings=warnings)
+        # Delivered with the tag the recipient understands, never handed to an AS again.
+        rule, use_as = "returned-from-as", False
+    elif not request.ruri.lower().startswith("tel:") and request.host not in settings.domains:
+        decision = Decision(Action.DELIVER, ADDRESSED_TO_AS)
+        if request.host not in settings.as_hosts:
+            decision = FOREIGN
+        return Plan(Service.NONE, decision, warnings=warnings, untrusted=untrusted)
+    else:
+        rule = "" if use_as else "as-failed-continue"
     try:
         identity = canonical(request.ruri)
     except IdentityError:
-        return Plan(service, NOT_A_SUBSCRIBER, warnings=warnings)
+        return Plan(service, NOT_A_SUBSCRIBER, warnings=warnings, untrusted=untrusted)
     try:
         profile = lookup(identity)
     except (StoreError, ProfileError) as error:
         warnings += (f"profile of {identity} unavailable: {error}",)
-        if settings.deliver_on_profile_error or service is Service.NONE:
+        if settings.deliver_on_profile_error or service is Service.NONE or returning:
             decision = Decision(Action.DELIVER, "profile-unavailable-deliver")
         else:
             decision = PROFILE_UNAVAILABLE
-        return Plan(service, decision, identity, warnings=warnings)
-    decision = decide(service, profile, settings.policy)
-    return Plan(service, decision, identity, profile, warnings)
+        return Plan(service, decision, identity, warnings=warnings, untrusted=untrusted)
+    devices = None
+    if profile is not None and not profile.barred and service.family is not None:
+        devices = registrations(profile.registration_aor)
+    if request.method == "OPTIONS" and profile is not None and settings.answer_options:
+        decision = answer_options(profile, settings.policy) or decide(
+            service, profile, settings.policy
+        )
+    else:
+        decision = decide(service, profile, settings.policy, devices, use_as=use_as)
+        if decision.target is not None and host_of(decision.target) == request.source:
+            # Sent by that very AS: not back to it, but to the recipient.
+            rule = "from-as"
+            decision = decide(service, profile, settings.policy, devices, use_as=False)
+    if rule and decision.action is not Action.REJECT:
+        decision = replace(decision, rule=rule)
+    return Plan(service, decision, identity, profile, devices, warnings, untrusted)
 
 
-def _returned(request: Request, service: Service, lookup: Lookup) -> Plan:
-    """Back from the AS: delivered to the recipient, never sent to an AS again."""
-    decision = Decision(Action.DELIVER, "returned-from-as")
-    try:
-        identity = canonical(request.ruri)
-        return Plan(service, decision, identity, lookup(identity))
-    except (IdentityError, StoreError, ProfileError) as error:
-        return Plan(service, decision, warnings=(f"returned request, recipient unknown: {error}",))
+def answer_options(profile: Profile, policy: Policy) -> Decision | None:
+    """A capability query the proxy answers for a subscriber without a CPM client.
+
+    The answer advertises every CPM service the network can deliver to the subscriber through
+    interworking, so that CPM clients learn they can still write. Subscribers with CPM (whose
+    own clients answer) and barred ones get None: their query is routed as usual.
+    """
+    if profile.barred or profile.has(Family.CPM):
+        return None
+    services = tuple(
+        service
+        for service in CPM_SERVICES
+        if decide(service, profile, policy).action is not Action.REJECT
+    )
+    return Decision(Action.ANSWER, "options-on-behalf", 200, "OK", capabilities=services)
 
 
 def _returning_from_as(

@@ -59,6 +59,7 @@ CPM_BY_ICSI: dict[str, Service] = {
     "oma.cpm.systemmsg": Service.CPM_SYSTEMMSG,
 }
 ICSI_BY_CPM: dict[Service, str] = {service: icsi for icsi, service in CPM_BY_ICSI.items()}
+CPM_SERVICES = tuple(CPM_BY_ICSI.values())
 
 # The OMA SIMPLE IM counterpart of each CPM service. Deferred-message retrieval and system
 # messages exist only in CPM: an IM client has nothing to receive them with.

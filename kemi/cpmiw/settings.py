@@ -25,20 +25,30 @@ class Settings:
     domains: frozenset[str]
     redis_url: str
     redis_timeout: float  # seconds
+    redis_backoff: float  # s without Redis calls after a failure (circuit breaker)
+    cache_entries: int  # profiles cached per worker process
+    cache_poll: float  # s between two polls of the change stream, at most
+    cache_max_age: float  # s after which a cached profile is fetched again
     policy: Policy
     as_addresses: frozenset[str]
+    trusted_addresses: frozenset[str]  # may assert services (P-Asserted-Service)
     secret: bytes
     marker_ttl: int
     deliver_on_profile_error: bool
     retry_after: int
+    as_timeout: int  # ms an AS has to answer before its default handling applies
+    answer_options: bool
+    conversation_ttl: int  # s the CPM conversation of an SMS interworking is remembered
+    shadow: bool  # decide, log and count, but deliver everything unchanged
 
     @property
     def as_hosts(self) -> frozenset[str]:
         """Hosts of the default ASes: requests addressed to them are relayed, not routed."""
-        return frozenset(_host_of(uri) for uri in (self.policy.im_as, self.policy.ip_sm_gw))
+        return frozenset(host_of(uri) for uri in (self.policy.im_as, self.policy.ip_sm_gw))
 
 
-def _host_of(uri: str) -> str:
+def host_of(uri: str) -> str:
+    """The host of a SIP URI: `sip:user@host:port;params` -> host."""
     hostport = uri.split(":", 1)[1].split(";", 1)[0].rsplit("@", 1)[-1]
     return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
 
@@ -74,14 +84,20 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         ),
     )
     secret = env.get("CPMIW_SECRET") or secrets.token_hex(32)
+    as_addresses = _list(env, "CPMIW_AS_ADDRESSES", f"{host_of(im_as)},{host_of(ip_sm_gw)}")
     return Settings(
         sip_addr=env.get("CPMIW_SIP_ADDR", "127.0.0.1"),
         sip_port=_int(env, "CPMIW_SIP_PORT", 5060),
         domains=_list(env, "CPMIW_DOMAINS", "ims.example.net"),
         redis_url=env.get("CPMIW_REDIS_URL", "redis://127.0.0.1:6379/0"),
         redis_timeout=_int(env, "CPMIW_REDIS_TIMEOUT_MS", 50) / 1000,
+        redis_backoff=_int(env, "CPMIW_REDIS_BACKOFF_MS", 500) / 1000,
+        cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 50_000),
+        cache_poll=_int(env, "CPMIW_CACHE_POLL_MS", 5) / 1000,
+        cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
         policy=policy,
-        as_addresses=_list(env, "CPMIW_AS_ADDRESSES", f"{_host_of(im_as)},{_host_of(ip_sm_gw)}"),
+        as_addresses=as_addresses,
+        trusted_addresses=as_addresses | _list(env, "CPMIW_TRUSTED_ADDRESSES", ""),
         secret=secret.encode(),
         marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32),
         deliver_on_profile_error=_choice(
@@ -89,4 +105,8 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         )
         == "deliver",
         retry_after=_int(env, "CPMIW_RETRY_AFTER", 30),
+        as_timeout=_int(env, "CPMIW_AS_TIMEOUT_MS", 2000),
+        answer_options=_choice(env, "CPMIW_OPTIONS", "answer", ("answer", "relay")) == "answer",
+        conversation_ttl=_int(env, "CPMIW_CONVERSATION_TTL", 86400),
+        shadow=_choice(env, "CPMIW_SHADOW", "off", ("off", "on")) == "on",
     )

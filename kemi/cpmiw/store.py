@@ -5,13 +5,22 @@ Key layout (format 1, see README):
     cpmiw:1:profile:<subscriber>   JSON profile; <subscriber> = canonical first identity
     cpmiw:1:alias:<identity>       <subscriber>, one key per canonical identity (itself included)
 
+    cpmiw:1:changes                stream of changes, one entry per write: the identities touched
+    cpmiw:1:epoch                  random token set by the first write into an empty database
+
 A look-up is one round trip (a server-side script follows the alias). Writes go through
-MULTI/EXEC so a reader never sees a profile without its aliases or the other way round.
+MULTI/EXEC so a reader never sees a profile without its aliases or the other way round, and the
+same transaction appends the identities it touched to the change stream: that is how the
+per-worker caches (cache.py) learn what to forget, since Redis 7.0 has no client-side caching
+for redis-py. An epoch that differs from the one a worker knows means the data set was replaced
+(a Redis restarted without persistence, a FLUSHALL): the worker forgets everything.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 
@@ -22,12 +31,43 @@ from .routing import StoreError
 PREFIX = "cpmiw:1:"
 PROFILE = PREFIX + "profile:"
 ALIAS = PREFIX + "alias:"
+CHANGES = PREFIX + "changes"
+EPOCH = PREFIX + "epoch"
+EVERYTHING = "*"  # a change entry that invalidates every cached identity (bulk writes)
+BULK = 256  # a write touching more identities than this invalidates everything
+CHANGES_KEPT = 10_000  # approximate length of the change stream
 
 _FOLLOW_ALIAS = f"""
 local subscriber = redis.call('GET', KEYS[1])
 if not subscriber then return false end
 return redis.call('GET', '{PROFILE}' .. subscriber)
 """
+
+# One round trip per poll. Returns the epoch, the stream's first and last entry ids, and the
+# entries after the cursor (at most ARGV[2]); nothing but the ids when the cursor is the last id.
+_CHANGES_SINCE = """
+local epoch = redis.call('GET', KEYS[2]) or ''
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local last_id = last and last[1] or '0-0'
+if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, last_id, last_id, {}} end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+return {epoch, first and first[1] or '0-0', last_id, entries}
+"""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed since a cursor: `identities` None means everything may have changed."""
+
+    epoch: str
+    cursor: str  # the id of the last change entry seen; pass it to the next poll
+    identities: frozenset[str] | None
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def connect(url: str, timeout: float) -> redis.Redis:
@@ -46,6 +86,7 @@ class ProfileStore:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._follow_alias = client.register_script(_FOLLOW_ALIAS)
+        self._changes_since = client.register_script(_CHANGES_SINCE)
 
     def lookup(self, identity: str) -> Profile | None:
         """The profile of the subscriber that owns the canonical `identity`, or None.
@@ -61,15 +102,21 @@ class ProfileStore:
     def put(self, profiles: Iterable[Profile]) -> None:
         """Stores profiles and their aliases in one transaction, dropping aliases they lost."""
         profiles = list(profiles)
-        old = self._client.mget([PROFILE + p.subscriber for p in profiles]) if profiles else []
+        if not profiles:
+            return
+        old = self._client.mget([PROFILE + p.subscriber for p in profiles])
+        touched: set[str] = set()
         with self._client.pipeline(transaction=True) as tx:
             for new, stored in zip(profiles, old, strict=True):
                 if stored is not None:
                     lost = _aliases_of(stored) - new.aliases
                     if lost:
                         tx.delete(*[ALIAS + alias for alias in lost])
+                    touched |= lost
+                touched |= new.aliases
                 tx.set(PROFILE + new.subscriber, profile_model.encode(new))
                 tx.mset({ALIAS + alias: new.subscriber for alias in new.aliases})
+            _record_change(tx, touched)
             tx.execute()
 
     def delete(self, identity: str) -> bool:
@@ -79,8 +126,45 @@ class ProfileStore:
             return False
         with self._client.pipeline(transaction=True) as tx:
             tx.delete(PROFILE + found.subscriber, *[ALIAS + alias for alias in found.aliases])
+            _record_change(tx, found.aliases)
             tx.execute()
         return True
+
+    def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
+        """The identities changed since `cursor` (None: start from now), in one round trip.
+
+        Everything counts as changed when the epoch is new to the caller (checked by the
+        caller), when entries after the cursor were trimmed away, when more than `limit`
+        entries are pending, or when an entry says so (a bulk write). Raises StoreError.
+        """
+        try:
+            epoch, first, last, entries = self._changes_since(
+                keys=[CHANGES, EPOCH], args=[cursor or "", limit]
+            )
+        except redis.RedisError as error:
+            raise StoreError(f"redis: {error}") from error
+        epoch, last = _text(epoch), _text(last)
+        if cursor is None or cursor == last:
+            return Changes(epoch, last, frozenset())
+        ids = [_text(entry_id) for entry_id, _ in entries]
+        # An entry after the cursor trimmed away, or the stream deleted: anything may be lost.
+        trimmed = cursor != "0-0" and _stream_id(_text(first)) > _stream_id(cursor)
+        behind = trimmed or last == "0-0"
+        if behind or not ids or ids[-1] != last:
+            return Changes(epoch, last, None)  # trimmed, deleted, or too far behind
+        touched = {_text(f) for _, fields in entries for f in fields[::2]}
+        return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
+
+
+def _record_change(tx: redis.client.Pipeline, identities: set[str] | frozenset[str]) -> None:
+    """Appends one change entry to the transaction; each identity is a field name."""
+    fields = dict.fromkeys(identities if len(identities) <= BULK else [EVERYTHING], "")
+    tx.set(EPOCH, secrets.token_hex(8), nx=True)
+    tx.xadd(CHANGES, fields, maxlen=CHANGES_KEPT, approximate=True)  # type: ignore[arg-type]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _aliases_of(raw: bytes | str) -> frozenset[str]:

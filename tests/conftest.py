@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from cpmiw.profile import Profile
-from cpmiw.sipnet import Peer
+from cpmiw.sipnet import Peer, SipMessage
 from cpmiw.store import ProfileStore, connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,6 +110,12 @@ def _start_redis(port: int) -> subprocess.Popen[bytes]:
 
     _wait_until(ready, "redis-server")
     return process
+
+
+def start_redis() -> RedisServer:
+    """A redis-server of its own on a free port, for tests that stop or wipe it; stop() it."""
+    port = free_port()
+    return RedisServer(port, _start_redis(port))
 
 
 @pytest.fixture(scope="session")
@@ -269,6 +275,24 @@ def drain(*peers: Peer) -> None:
                 peer.recv(timeout=0.01)
             except TimeoutError:
                 break
+
+
+def ask_together(
+    kamailio: Kamailio, requests: list[tuple[Peer, SipMessage]]
+) -> list[tuple[SipMessage, float]]:
+    """Sends the requests at once, one per peer, so that several workers are busy.
+
+    Returns each final response with the seconds from its sending until it was read (read in
+    order, so a later one may count time spent waiting for an earlier one: an upper bound).
+    """
+    sent = []
+    for peer, request in requests:
+        sent.append(time.monotonic())
+        peer.send(request, kamailio.address)
+    return [
+        (peer.recv_response(), time.monotonic() - at)
+        for (peer, _), at in zip(requests, sent, strict=True)
+    ]
 
 
 @pytest.fixture

@@ -7,87 +7,25 @@ asserts what each peer receives, header lines compared as text, and what the cal
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from conftest import DOMAIN, Network
 from cpmiw.profile import Profile
 from cpmiw.sipnet import Dialog, Peer, SipMessage, StatelessProxy
-from cpmiw.testing import make_profile
-
-ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi."
-CPM_MSG_ACCEPT = f'*;+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg";require;explicit'
-CPM_MSG_URN = "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg"
-RCS_IARI = '+g.3gpp.iari-ref="urn%3Aurn-7%3A3gpp-application.ims.iari.rcse.im"'
-CPIM = b"From: <sip:anonymous@anonymous.invalid>\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
-SDP = (
-    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    b"m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n"
-    b"a=path:msrp://127.0.0.1:7394/s111;tcp\r\n"
+from sipflows import (
+    CPM_MSG_ACCEPT,
+    ICSI,
+    RCS_IARI,
+    SDP,
+    chat_invite,
+    cpm_message,
+    deliver_and_answer,
+    device,
+    end_to_end_lines,
+    next_provisional,
+    subscriber,
 )
-# Headers a proxy legitimately changes on the way (or the peers rebuild).
-HOP_BY_HOP = {"via", "max-forwards", "content-length", "route", "record-route"}
-
-
-def subscriber(net: Network, services: str, **fields: object) -> Profile:
-    """A fresh subscriber in Redis: sip:<unique>@ims.example.net and a unique tel number."""
-    profile = make_profile(
-        f"u{secrets.token_hex(4)}", f"+1555{secrets.randbelow(10**7):07d}", services, **fields
-    )
-    net.provision(profile)
-    return profile
-
-
-@contextmanager
-def device(
-    net: Network, profile: Profile, *, transport: str = "udp", tags: str = ""
-) -> Iterator[Peer]:
-    """A device of `profile` on 127.0.0.5, registered with feature `tags` while in use."""
-    with Peer("127.0.0.5", transport=transport) as peer:
-        ok = peer.register(net.kamailio.address, profile.registration_aor, contact_params=tags)
-        assert ok.status == 200, ok.start_line
-        yield peer
-        gone = peer.register(net.kamailio.address, profile.registration_aor, expires=0)
-        assert gone.status == 200, gone.start_line
-
-
-def cpm_message(caller: Peer, ruri: str, **kwargs: object) -> SipMessage:
-    return caller.request(
-        "MESSAGE",
-        ruri,
-        headers=[
-            ("Accept-Contact", CPM_MSG_ACCEPT),
-            ("Accept-Contact", f"*;{RCS_IARI}"),
-            ("P-Preferred-Service", CPM_MSG_URN),
-            ("Conversation-ID", "f81d4fae7dec11d0a76500a0c91e6bf6"),
-            ("Contribution-ID", "abcdef"),
-            ("Content-Type", "message/cpim"),
-        ],
-        body=CPIM,
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-def next_provisional(peer: Peer) -> SipMessage:
-    """The next provisional response other than the proxy's own 100 Trying."""
-    while (response := peer.recv_response(final=False)).status == 100:
-        pass
-    return response
-
-
-def end_to_end_lines(msg: SipMessage) -> list[str]:
-    return [line for line in msg.header_lines() if line.split(":")[0].lower() not in HOP_BY_HOP]
-
-
-def deliver_and_answer(caller: Peer, ue: Peer, request: SipMessage, net: Network) -> SipMessage:
-    """Sends `request`, answers it 200 at the device; returns what the device received."""
-    caller.send(request, net.kamailio.address)
-    received = ue.recv_request(request.method)
-    ue.reply(received, 200, "OK")
-    assert caller.recv_response().status == 200
-    return received
 
 
 def test_cpm_message_to_cpm_user_arrives_unchanged(net: Network) -> None:
@@ -302,24 +240,10 @@ def test_message_over_tcp(net: Network) -> None:
     assert received.header_values("Accept-Contact")[0] == CPM_MSG_ACCEPT
 
 
-def _chat_invite(caller: Peer, ruri: str, icsi: str) -> SipMessage:
-    return caller.request(
-        "INVITE",
-        ruri,
-        headers=[
-            ("Accept-Contact", f'*;+g.3gpp.icsi-ref="{ICSI}{icsi}"'),
-            ("Content-Type", "application/sdp"),
-        ],
-        body=SDP,
-    ).replace_header(
-        "Contact", f'<sip:caller@127.0.0.1:{caller.port}>;+g.3gpp.icsi-ref="{ICSI}{icsi}"'
-    )
-
-
 def test_chat_session_to_im_user_with_ack_and_bye_through_the_proxy(net: Network) -> None:
     bob = subscriber(net, "im")
     with Peer() as caller, device(net, bob) as ue:
-        invite = _chat_invite(caller, bob.registration_aor, "oma.cpm.session")
+        invite = chat_invite(caller, bob.registration_aor, "oma.cpm.session")
         caller.send(invite, net.kamailio.address)
         at_ue = ue.recv_request("INVITE")
         assert at_ue.header_values("Accept-Contact") == ["*;+g.oma.sip-im"]
@@ -350,7 +274,7 @@ def test_chat_session_to_im_user_with_ack_and_bye_through_the_proxy(net: Network
 def test_cancel_while_ringing(net: Network) -> None:
     dave = subscriber(net, "cpm")
     with Peer() as caller, device(net, dave) as ue:
-        invite = _chat_invite(caller, dave.registration_aor, "oma.cpm.session")
+        invite = chat_invite(caller, dave.registration_aor, "oma.cpm.session")
         caller.send(invite, net.kamailio.address)
         at_ue = ue.recv_request("INVITE")
         ue.reply(at_ue, 180, "Ringing")
@@ -367,5 +291,6 @@ def test_cancel_while_ringing(net: Network) -> None:
         caller.send(cancel, net.kamailio.address)
         ue.reply(ue.recv_request("CANCEL"), 200, "OK")
         ue.reply(at_ue, 487, "Request Terminated")
+        assert ue.recv_request("ACK").header("CSeq") == "1 ACK"  # tm acknowledges the 487
         statuses = {caller.recv_response().status, caller.recv_response().status}
         assert statuses == {200, 487}

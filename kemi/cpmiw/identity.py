@@ -17,6 +17,9 @@ from urllib.parse import unquote
 _VISUAL_SEPARATORS = re.compile(r"[-.()]")
 _GLOBAL_NUMBER = re.compile(r"\+[0-9]{1,15}")
 _LOCAL_NUMBER = re.compile(r"[0-9*#]+")
+_HOST = re.compile(r"[a-z0-9][a-z0-9.\-]*|\[[0-9a-f:.]+\]")
+# RFC 3261 user part: unreserved, escaped and user-unreserved characters, no spaces.
+_USER = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/]+")
 
 
 class IdentityError(ValueError):
@@ -46,7 +49,10 @@ def _tel(rest: str, uri: str) -> str:
         return f"tel:{number}"
     context = next((p[14:] for p in params if p.lower().startswith("phone-context=")), "")
     if _LOCAL_NUMBER.fullmatch(number) and context:
-        return f"tel:{number};phone-context={_VISUAL_SEPARATORS.sub('', context).lower()}"
+        # A context is a global number prefix (separators drop) or a domain name (they stay).
+        if context.startswith("+"):
+            context = _VISUAL_SEPARATORS.sub("", context)
+        return f"tel:{number};phone-context={context.lower()}"
     raise IdentityError(f"not a telephone number: {uri!r}")
 
 
@@ -57,13 +63,15 @@ def _sip(rest: str, uri: str) -> str:
     user, _, hostpart = rest.rpartition("@")
     host, *params = hostpart.split(";")
     host = _strip_port(host).lower()
-    user_params = user.split(";")
-    if not user_params[0] or not host:
-        raise IdentityError(f"SIP URI without a user or host: {uri!r}")
+    if not user.split(";")[0] or not _HOST.fullmatch(host):
+        raise IdentityError(f"SIP URI without a valid user or host: {uri!r}")
     if any(p.strip().lower() == "user=phone" for p in params):
         # user may carry its own tel parameters: "+15551230001;phone-context=..."
         return _tel(user, uri)
-    return f"sip:{unquote(user)}@{host}"
+    if not _USER.fullmatch(user):
+        raise IdentityError(f"SIP URI with an invalid user part: {uri!r}")
+    # The user part stays as written, escapes included: decoding could change what it parses to.
+    return f"sip:{user}@{host}"
 
 
 def _strip_port(host: str) -> str:

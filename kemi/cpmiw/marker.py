@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 
 PARAM = "cpmiw"
+_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 def _mac(secret: bytes, expiry: int, binding: str) -> str:
@@ -33,6 +35,7 @@ def issue(secret: bytes, bound_to: str, now: float, ttl: int) -> str:
 def verify(secret: bytes, marker: str, bound_to: str, now: float) -> bool:
     """True only for a marker this proxy issued for `bound_to` that has not expired."""
     expiry_text, _, mac = marker.partition(".")
-    if not expiry_text.isdigit() or int(expiry_text) < now:
+    # The marker comes from a header the sender wrote: anything unexpected is simply invalid.
+    if not _DIGITS.fullmatch(expiry_text) or not mac.isascii() or int(expiry_text) < now:
         return False
     return hmac.compare_digest(mac, _mac(secret, int(expiry_text), bound_to))

@@ -155,7 +155,7 @@ def render() -> tuple[str, bytes]:
     from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return CONTENT_TYPE, generate_latest(registry)
 
 

@@ -72,7 +72,8 @@ def _reason(error: msgspec.ValidationError) -> str:
     return f"{match['path']}: {match['what']}"
 
 
-def _convert(record: object, where: str) -> Entry:
+def entry_from(record: object, where: str) -> Entry:
+    """A profile from JSON builtins (CSV cells, a record with options applied), validated."""
     try:
         return Entry(msgspec.convert(record, Profile), where)
     except msgspec.ValidationError as error:
@@ -183,7 +184,7 @@ def _from_csv(data: bytes, name: str, progress: Progress) -> list[Entry]:
             for column, value in zip(header, row, strict=True)
             if value.strip() or column in _LIST_FIELDS
         }
-        entries.append(_convert(record, where))
+        entries.append(entry_from(record, where))
         progress(1)
     return entries
 
@@ -248,10 +249,11 @@ class Provisioning:
         self.client = client
         self.store = ProfileStore(client)
 
-    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        values: list[bytes | None] = []
+    def _mget(self, keys: Sequence[str]) -> list[str | None]:
+        values: list[str | None] = []
         for start in range(0, len(keys), _CHUNK):
-            values.extend(self.client.mget(keys[start : start + _CHUNK]))
+            chunk = self.client.mget(keys[start : start + _CHUNK])
+            values.extend(v.decode() if isinstance(v, bytes) else v for v in chunk)
         return values
 
     def stored(self, subscribers: Sequence[str]) -> list[Profile | ProfileError | None]:
@@ -275,9 +277,9 @@ class Provisioning:
         claims = [(e, alias) for e in entries for alias in sorted(e.profile.aliases)]
         owners = self._mget([ALIAS + alias for _, alias in claims])
         for (entry, alias), owner in zip(claims, owners, strict=True):
-            if owner is not None and owner.decode() != entry.profile.subscriber:
+            if owner is not None and owner != entry.profile.subscriber:
                 raise ConflictError(
-                    f"{entry.where}: identity {alias} belongs to subscriber {owner.decode()};"
+                    f"{entry.where}: identity {alias} belongs to subscriber {owner};"
                     " remove it there first"
                 )
 
@@ -300,7 +302,7 @@ class Provisioning:
                 yield subscriber, found
 
 
-def _decoded_or_error(raw: bytes) -> Profile | ProfileError:
+def _decoded_or_error(raw: str) -> Profile | ProfileError:
     try:
         return profile_model.decode(raw)
     except ProfileError as error:

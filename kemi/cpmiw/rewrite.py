@@ -33,8 +33,9 @@ def rewrite_service_header(value: str, source: Service, target: Service) -> str:
     """P-Preferred-Service / P-Asserted-Service value after the rewrite; "" means remove it."""
     if target in IM_TAG_FOR:
         urn = icsi_urn(source)
-        kept = [e.text for e in fields.entries(value) if e.text.strip("<>").lower() != urn]
-        return ", ".join(kept)
+        entries = fields.entries(value)
+        kept = [e.text for e in entries if e.text.strip("<>").lower() != urn]
+        return value if len(kept) == len(entries) else ", ".join(kept)
     return value
 
 

@@ -7,6 +7,7 @@ configures both kamailio.cfg (through #!defenv) and the plugin.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,9 +49,18 @@ class Settings:
 
 
 def host_of(uri: str) -> str:
-    """The host of a SIP URI: `sip:user@host:port;params` -> host."""
-    hostport = uri.split(":", 1)[1].split(";", 1)[0].rsplit("@", 1)[-1]
-    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+    """The host of a SIP URI, lower-cased: `sip:user@Host:port;params` -> host."""
+    hostport = uri.partition(":")[2].split(";", 1)[0].rsplit("@", 1)[-1].lower()
+    if hostport.startswith("["):  # IPv6 reference
+        return hostport.split("]", 1)[0] + "]"
+    return hostport.split(":", 1)[0]
+
+
+def _sip_uri(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default)
+    if not value.lower().startswith(("sip:", "sips:")) or not host_of(value):
+        raise SettingsError(f"{name}={value!r}: expected a SIP URI such as sip:host:port")
+    return value
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -60,10 +70,10 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, most: int = 10**9) -> int:
     value = env.get(name, str(default))
-    if not value.isdigit():
-        raise SettingsError(f"{name}={value!r}: expected a whole number")
+    if not re.fullmatch(r"[0-9]{1,10}", value) or int(value) > most:
+        raise SettingsError(f"{name}={value!r}: expected a whole number from 0 to {most}")
     return int(value)
 
 
@@ -74,8 +84,8 @@ def _list(env: Mapping[str, str], name: str, default: str) -> frozenset[str]:
 
 
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
-    im_as = env.get("CPMIW_IM_AS", "sip:127.0.0.3:5060")
-    ip_sm_gw = env.get("CPMIW_IP_SM_GW", "sip:127.0.0.4:5060")
+    im_as = _sip_uri(env, "CPMIW_IM_AS", "sip:127.0.0.3:5060")
+    ip_sm_gw = _sip_uri(env, "CPMIW_IP_SM_GW", "sip:127.0.0.4:5060")
     policy = Policy(
         im_as=im_as,
         ip_sm_gw=ip_sm_gw,
@@ -87,7 +97,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     as_addresses = _list(env, "CPMIW_AS_ADDRESSES", f"{host_of(im_as)},{host_of(ip_sm_gw)}")
     return Settings(
         sip_addr=env.get("CPMIW_SIP_ADDR", "127.0.0.1"),
-        sip_port=_int(env, "CPMIW_SIP_PORT", 5060),
+        sip_port=_int(env, "CPMIW_SIP_PORT", 5060, most=65535),
         domains=_list(env, "CPMIW_DOMAINS", "ims.example.net"),
         redis_url=env.get("CPMIW_REDIS_URL", "redis://127.0.0.1:6379/0"),
         redis_timeout=_int(env, "CPMIW_REDIS_TIMEOUT_MS", 50) / 1000,

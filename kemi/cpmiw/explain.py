@@ -1,0 +1,202 @@
+"""`cpmiw explain`: the decision the running proxy would take for a request, and why.
+
+It calls the very `routing.plan()` the Kamailio adapter calls, with the same settings (the
+CPMIW_* environment), the same profile store and the registrations read from the running
+Kamailio over its RPC socket, so the two cannot disagree. The request is either a whole SIP
+message from a file (headers as a client sent them) or a Request-URI with a service and method,
+for which a minimal request carrying that service is made up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .classify import ServiceHeaders, classify
+from .decision import Action, Decision
+from .profile import Profile
+from .routing import Lookup, Plan, Request, plan
+from .rpc import Contact
+from .services import IM_TAG_FOR, SMS_CONTENT_TYPE, Family, Service, icsi_urn
+from .settings import Settings
+from .sipnet import SipMessage, split_header_list
+
+# The proxy's last step when it delivers: no registered contact for the AOR means 480.
+NOT_REGISTERED = Decision(Action.REJECT, "not-registered", 480, "Temporarily Unavailable")
+
+# The registered contacts of an AOR, as the running proxy knows them; None when unknown.
+Contacts = Callable[[str], list[Contact]]
+
+
+class RequestError(ValueError):
+    """The request to explain cannot be built (a service the method cannot carry, a bad file)."""
+
+
+def _service_headers(service: Service, method: str) -> ServiceHeaders:
+    if service.value.startswith("cpm."):
+        return ServiceHeaders(method, preferred_service=icsi_urn(service))
+    if service in IM_TAG_FOR:
+        return ServiceHeaders(method, accept_contact=f"*;{IM_TAG_FOR[service]}")
+    if service is Service.SMS:
+        return ServiceHeaders(method, content_type=SMS_CONTENT_TYPE)
+    return ServiceHeaders(method)
+
+
+def request_for(uri: str, service: Service, method: str | None, source: str) -> Request:
+    """A minimal request for `uri` asking for `service` (method: the one that carries it)."""
+    methods = [method.upper()] if method else ["MESSAGE", "INVITE"]
+    for candidate in methods:
+        headers = _service_headers(service, candidate)
+        if classify(headers) is service:
+            return Request(uri, headers, source=source)
+    raise RequestError(f"service {service.value} cannot be carried by {' or '.join(methods)}")
+
+
+def _joined(message: SipMessage, name: str) -> str:
+    """Every line of a header joined by commas, as the adapter reads it from Kamailio."""
+    return ",".join(message.header_values(name))
+
+
+def request_from_message(data: bytes, source: str | None) -> Request:
+    """The request of a SIP message as sent (source: the top Via's host, unless given)."""
+    try:
+        message = SipMessage.parse(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RequestError(f"not a SIP message: {error}") from None
+    if not message.is_request or len(message.start_line.split()) != 3:
+        raise RequestError(f"not a SIP request: {message.start_line!r}")
+    if source is None:
+        vias = [v for line in message.header_values("Via") for v in split_header_list(line)]
+        sent_by = vias[0].split(None, 1)[1] if vias and " " in vias[0].strip() else ""
+        source = sent_by.split(";", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return Request(
+        ruri=message.ruri,
+        headers=ServiceHeaders(
+            method=message.method,
+            accept_contact=_joined(message, "Accept-Contact"),
+            contact=_joined(message, "Contact"),
+            preferred_service=_joined(message, "P-Preferred-Service"),
+            asserted_service=_joined(message, "P-Asserted-Service"),
+            content_type=message.header("Content-Type") or "",
+        ),
+        call_id=message.header("Call-ID") or "",
+        cseq=(message.header("CSeq") or "").split(" ", 1)[0],
+        source=source,
+        route=_joined(message, "Route"),
+    )
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A plan, the contacts it was made with, and the decision the proxy would log."""
+
+    request: Request
+    plan: Plan
+    decision: Decision
+    contacts: list[Contact] | None  # None: the proxy's registrations could not be read
+    contacts_error: str = ""
+    shadow: bool = False
+
+    def _profile_line(self, profile: Profile) -> str:
+        services = ",".join(f.value for f in profile.services) or "none"
+        extras = [f"barred={str(profile.barred).lower()}"]
+        extras += [f"interworking={profile.interworking.value}"]
+        extras += [f"as_failure={profile.as_failure.value}"]
+        extras += [
+            f"{name}={value}" for name in ("im_as", "ip_sm_gw") if (value := getattr(profile, name))
+        ]
+        return f"{profile.subscriber} services={services} {' '.join(extras)}"
+
+    def _contact_lines(self) -> list[str]:
+        if self.contacts is None:
+            return [
+                f"not available ({self.contacts_error}): decided as if a device took every"
+                " service of the profile"
+            ]
+        if not self.contacts:
+            return ["none registered"]
+        return [
+            f"{c.uri} ({','.join(sorted(f.value for f in c.families)) or 'no tags'})"
+            for c in self.contacts
+        ]
+
+    def lines(self) -> list[str]:
+        """The explanation for a human, one fact a line; the last line is the log's fields."""
+        request, routing, decision = self.request, self.plan, self.decision
+        out = [
+            f"request:  {request.method} {request.ruri} from {request.source or 'unknown'}",
+            f"service:  {routing.service.value}",
+        ]
+        if routing.identity is not None:
+            out.append(f"identity: {routing.identity}")
+            profile = routing.profile
+            out.append(f"profile:  {self._profile_line(profile) if profile else 'none'}")
+            out += [f"contacts: {line}" for line in self._contact_lines()]
+        out += [f"warning:  {warning}" for warning in routing.warnings]
+        out.append(
+            f"decision: {decision.summary}{f' -> {decision.target}' if decision.target else ''}"
+        )
+        if self.shadow:
+            out.append("shadow:   on (the proxy logs this decision but delivers unchanged)")
+        out.append(log_fields(decision))
+        return out
+
+    def as_json(self) -> dict[str, object]:
+        decision = self.decision
+        return {
+            "method": self.request.method,
+            "ruri": self.request.ruri,
+            "source": self.request.source,
+            "service": self.plan.service.value,
+            "identity": self.plan.identity,
+            "subscriber": self.plan.profile.subscriber if self.plan.profile else None,
+            "contacts": None
+            if self.contacts is None
+            else [
+                {"uri": c.uri, "families": sorted(f.value for f in c.families)}
+                for c in self.contacts
+            ],
+            "action": decision.action.value,
+            "rule": decision.rule,
+            "status": decision.status or None,
+            "summary": decision.summary,
+            "target": decision.target,
+            "warnings": list(self.plan.warnings),
+            "shadow": self.shadow,
+        }
+
+
+def log_fields(decision: Decision) -> str:
+    """The fields of the proxy's decision log line, spelled the same way."""
+    return f"action={decision.action.value} rule={decision.rule} status={decision.status or '-'}"
+
+
+def explain(
+    request: Request,
+    settings: Settings,
+    lookup: Lookup,
+    contacts: Contacts | None,
+    contacts_error: str = "",
+) -> Explanation:
+    """Plans `request` as the proxy would; `contacts` None when registrations are unknown."""
+    fetched: dict[str, list[Contact]] = {}
+
+    def registered(aor: str) -> list[Contact]:
+        assert contacts is not None
+        if aor not in fetched:
+            fetched[aor] = contacts(aor)
+        return fetched[aor]
+
+    def registrations(aor: str) -> list[frozenset[Family]]:
+        if contacts is None:  # unknown: one device that takes whatever the profile has
+            return [frozenset()]
+        return [contact.families for contact in registered(aor)]
+
+    routing = plan(request, settings, lookup, registrations, time.time())
+    decision = routing.decision
+    if routing.aor is not None and not settings.shadow and not registrations(routing.aor):
+        decision = NOT_REGISTERED
+    aor = routing.aor or (routing.profile.registration_aor if routing.profile else None)
+    shown = None if contacts is None else registered(aor) if aor else []
+    return Explanation(request, routing, decision, shown, contacts_error, settings.shadow)

@@ -1,0 +1,106 @@
+"""A client for the running Kamailio's JSON-RPC control socket (jsonrpcs, Unix datagrams).
+
+The registrations the proxy routes by live in Kamailio's memory (usrloc, and the htable of what
+each registered device can take), not in Redis. `cpmiw explain` reads them here, the way kamcli
+talks to Kamailio: one JSON-RPC request per datagram to the socket kamailio.cfg opens
+(CPMIW_RPC_SOCKET), answered to a socket of our own in a private temporary directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from .services import Family
+
+# The htable (kamailio.cfg) in which the plugin keeps, per registered contact URI, the families
+# its device registered (comma-separated values of Family); the adapter writes it at REGISTER.
+CAPABILITIES = "caps"
+_MAX_DATAGRAM = 1 << 20
+
+
+class RpcError(RuntimeError):
+    """Kamailio could not be asked (no socket, no answer) or answered with an error."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A registered contact and the families its device said it takes (empty: said nothing)."""
+
+    uri: str
+    families: frozenset[Family]
+
+
+class KamailioRpc:
+    """JSON-RPC over Kamailio's Unix datagram socket; use as a context manager."""
+
+    def __init__(self, path: str, timeout: float = 2.0) -> None:
+        self.path = path
+        self._dir = tempfile.mkdtemp(prefix="cpmiw-rpc-")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(os.path.join(self._dir, "reply.sock"))
+        self._sock.settimeout(timeout)
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def call(self, method: str, *params: str) -> object:
+        """The `result` of one call; raises RpcError for a transport failure or an error reply."""
+        request_id = next(self._ids)
+        request = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": request_id}
+        try:
+            self._sock.sendto(json.dumps(request).encode(), self.path)
+            reply = json.loads(self._sock.recv(_MAX_DATAGRAM))
+        except (OSError, ValueError) as error:
+            raise RpcError(f"kamailio rpc {self.path}: {error}") from None
+        if "error" in reply:
+            failure = reply["error"]
+            message = failure.get("message", failure)
+            raise RpcError(f"{method}: {message}", int(failure.get("code", 0)))
+        return reply.get("result")
+
+    def contacts(self, aor: str) -> list[Contact]:
+        """The contacts registered for `aor` (none: an empty list), with their families."""
+        try:
+            found = self.call("ul.lookup", "location", aor)
+        except RpcError as error:
+            if error.code == 404:  # AOR not found
+                return []
+            raise
+        entries = found.get("Contacts", []) if isinstance(found, dict) else []
+        uris = [entry["Contact"]["Address"] for entry in entries if "Contact" in entry]
+        return [Contact(uri, self._families(uri)) for uri in uris]
+
+    def _families(self, uri: str) -> frozenset[Family]:
+        try:
+            item = self.call("htable.get", CAPABILITIES, uri)
+        except RpcError as error:
+            if error.code == 404:  # the device registered no tags the plugin kept
+                return frozenset()
+            raise
+        value = item.get("item", {}).get("value", "") if isinstance(item, dict) else ""
+        return frozenset(Family(tag) for tag in str(value).split(",") if tag)

@@ -1,0 +1,284 @@
+"""The per-worker profile cache against a real Redis, and change propagation through Kamailio.
+
+The cache tests drive `CachedProfiles` with a hand-moved clock, so "the poll interval has
+passed" is exact, while every Redis call is real. The last test measures, through the real
+Kamailio with its two UDP workers, how long after a profile change requests still route by the
+old profile.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from conftest import DOMAIN, Network, RedisServer, start_redis
+from cpmiw.cache import CachedProfiles
+from cpmiw.profile import Profile
+from cpmiw.sipnet import Peer
+from cpmiw.store import BULK, ProfileStore, connect
+from cpmiw.testing import make_profile
+
+POLL = 0.005
+CPM_PAGER = [
+    ("Accept-Contact", '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'),
+    ("Content-Type", "text/plain"),
+]
+
+
+class Clock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingStore(ProfileStore):
+    """The real store, counting the round trips the cache asks of it."""
+
+    round_trips = 0
+
+    def lookup(self, identity: str) -> Profile | None:
+        self.round_trips += 1
+        return super().lookup(identity)
+
+    def changes(self, cursor: str | None, limit: int = 1000) -> object:  # type: ignore[override]
+        self.round_trips += 1
+        return super().changes(cursor, limit)
+
+
+def unique(services: str = "cpm", **fields: object) -> Profile:
+    return make_profile(
+        f"c{secrets.token_hex(4)}", f"+1666{secrets.randbelow(10**7):07d}", services, **fields
+    )
+
+
+@pytest.fixture
+def counting(redis_server: RedisServer) -> CountingStore:
+    return CountingStore(connect(redis_server.url, timeout=1.0))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_cache(store: ProfileStore, clock: Clock, capacity: int = 100) -> CachedProfiles:
+    return CachedProfiles(
+        store, capacity=capacity, poll_interval=POLL, max_age=300, backoff=0.5, clock=clock
+    )
+
+
+def test_a_hit_asks_redis_nothing(counting: CountingStore, clock: Clock) -> None:
+    dave = unique()
+    counting.put([dave])
+    cache = make_cache(counting, clock)
+    assert cache.lookup(dave.subscriber) == dave  # first poll + miss
+    before = counting.round_trips
+    for _ in range(100):
+        assert cache.lookup(dave.subscriber) == dave
+    assert counting.round_trips == before
+
+
+def test_a_missing_profile_is_cached_until_it_is_provisioned(
+    counting: CountingStore, clock: Clock
+) -> None:
+    erin = unique()
+    cache = make_cache(counting, clock)
+    assert cache.lookup(erin.subscriber) is None
+    before = counting.round_trips
+    assert cache.lookup(erin.subscriber) is None
+    assert counting.round_trips == before
+    counting.put([erin])
+    clock.advance(POLL)
+    assert cache.lookup(erin.subscriber) == erin
+
+
+def test_changes_are_seen_once_the_poll_interval_has_passed(
+    store: ProfileStore, clock: Clock
+) -> None:
+    dave = unique()
+    store.put([dave])
+    cache = make_cache(store, clock)
+    assert cache.lookup(dave.subscriber) == dave
+    barred = Profile(identities=dave.identities, services=dave.services, barred=True)
+    store.put([barred])
+    clock.advance(POLL / 2)
+    assert cache.lookup(dave.subscriber) == dave  # polled at most every POLL
+    clock.advance(POLL / 2)
+    assert cache.lookup(dave.subscriber) == barred
+
+
+def test_every_alias_follows_a_change_and_a_delete(store: ProfileStore, clock: Clock) -> None:
+    dave = unique()
+    store.put([dave])
+    cache = make_cache(store, clock)
+    sip, tel = dave.subscriber, dave.identities[1]
+    assert cache.lookup(sip) == cache.lookup(tel) == dave
+    moved = Profile(identities=[dave.identities[0]], services=dave.services)
+    store.put([moved])  # the tel alias is dropped
+    clock.advance(POLL)
+    assert cache.lookup(sip) == moved
+    assert cache.lookup(tel) is None
+    store.delete(sip)
+    clock.advance(POLL)
+    assert cache.lookup(sip) is None
+
+
+def test_capacity_bounds_the_cache_least_recently_used_first(
+    counting: CountingStore, clock: Clock
+) -> None:
+    a, b, c, d = (unique() for _ in range(4))
+    counting.put([a, b, c, d])
+    cache = make_cache(counting, clock, capacity=3)
+    for profile in (a, b, c, a, d):  # a used again: b is the least recently used
+        cache.lookup(profile.subscriber)
+    assert len(cache) == 3
+    before = counting.round_trips
+    assert cache.lookup(a.subscriber) == a
+    assert counting.round_trips == before
+    assert cache.lookup(b.subscriber) == b
+    assert counting.round_trips == before + 1
+
+
+def test_a_bulk_write_forgets_everything(counting: CountingStore, clock: Clock) -> None:
+    dave = unique()
+    counting.put([dave])
+    cache = make_cache(counting, clock)
+    cache.lookup(dave.subscriber)
+    counting.put([unique() for _ in range(BULK // 2 + 1)])  # two identities each
+    clock.advance(POLL)
+    before = counting.round_trips
+    assert cache.lookup(dave.subscriber) == dave
+    assert counting.round_trips == before + 2  # the poll, then Redis again for dave
+
+
+def test_a_reader_too_far_behind_is_told_everything_changed(store: ProfileStore) -> None:
+    cursor = store.changes(None).cursor
+    profiles = [unique() for _ in range(3)]
+    for profile in profiles:
+        store.put([profile])
+    assert store.changes(cursor, limit=2).identities is None
+    pending = store.changes(cursor, limit=3).identities
+    assert pending == frozenset().union(*(p.aliases for p in profiles))
+
+
+def test_entries_older_than_max_age_are_fetched_again(
+    counting: CountingStore, clock: Clock
+) -> None:
+    dave = unique()
+    counting.put([dave])
+    cache = make_cache(counting, clock)
+    cache.lookup(dave.subscriber)
+    clock.advance(299)
+    before = counting.round_trips
+    cache.lookup(dave.subscriber)
+    assert counting.round_trips == before + 1  # the poll only
+    clock.advance(1)
+    cache.lookup(dave.subscriber)
+    assert counting.round_trips == before + 3  # poll and fetch
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this module's own, for tests that wipe it."""
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+def test_a_wiped_data_set_is_forgotten_whole(own_redis: RedisServer, clock: Clock) -> None:
+    store = ProfileStore(connect(own_redis.url, timeout=1.0))
+    dave, erin = unique(), unique()
+    store.put([dave])
+    cache = make_cache(store, clock)
+    assert cache.lookup(dave.subscriber) == dave
+    assert cache.lookup(erin.subscriber) is None
+    own_redis.client().flushall()  # no change entry: only the epoch tells
+    store.put([erin])
+    clock.advance(POLL)
+    assert cache.lookup(dave.subscriber) is None
+    assert cache.lookup(erin.subscriber) == erin
+
+
+# -- through Kamailio --------------------------------------------------------------------------
+
+_WORKER = re.compile(r"^\s*\d+\((\d+)\) .*cpmiw: call-id=(\S+) ")
+
+
+def _workers(net: Network, call_ids: set[str]) -> set[str]:
+    """The Kamailio processes (pids) that routed the given requests, from its log."""
+    net.kamailio.decision_lines(max(call_ids))  # wait for the log to catch up
+    time.sleep(0.1)
+    pids = set()
+    for line in net.kamailio.log().splitlines():
+        match = _WORKER.match(line)
+        if match and match.group(2) in call_ids:
+            pids.add(match.group(1))
+    return pids
+
+
+def _burst(net: Network, callers: tuple[Peer, Peer], ruri: str) -> list[tuple[float, int, str]]:
+    """One request from each caller at once (both workers busy); (sent at, status, Call-ID)."""
+    sent = []
+    for caller in callers:
+        request = caller.request("MESSAGE", ruri, headers=CPM_PAGER)
+        sent.append((time.monotonic(), request.header("Call-ID") or ""))
+        caller.send(request, net.kamailio.address)
+    return [
+        (at, caller.recv_response().status, call_id)
+        for (at, call_id), caller in zip(sent, callers, strict=True)
+    ]
+
+
+def test_a_profile_change_reaches_every_worker_within_100_ms(
+    net: Network, record_property: Callable[[str, object], None]
+) -> None:
+    """Toggles barring 20 times under steady traffic: how long do requests still see the old?"""
+    user = f"p{secrets.token_hex(4)}"
+    states = {
+        True: make_profile(user, "+16670000001", "cpm", barred=True),  # 403
+        False: make_profile(user, "+16670000001", "cpm"),  # not registered: 480
+    }
+    status = {True: 403, False: 480}
+    ruri = f"sip:{user}@{DOMAIN}"
+    net.provision(states[False])
+    staleness: list[float] = []
+    before_changes: set[str] = set()
+    after_changes: set[str] = set()
+    with Peer() as first, Peer() as second:
+        callers = (first, second)
+        for change in range(20):
+            barred = change % 2 == 0
+            lead_in = time.monotonic()
+            while time.monotonic() - lead_in < 0.03:  # both workers serve (and cache) the old
+                before_changes |= {c for _, s, c in _burst(net, callers, ruri)}
+            changed_at = time.monotonic()
+            net.provision(states[barred])
+            seen: list[tuple[float, int, str]] = []
+            while time.monotonic() - changed_at < 0.15:
+                seen += _burst(net, callers, ruri)
+            assert {s for _, s, _ in seen} <= {status[barred], status[not barred]}
+            stale = [at for at, s, _ in seen if s == status[not barred]]
+            staleness.append(max(stale, default=changed_at) - changed_at)
+            late = [(s, c) for at, s, c in seen if at - changed_at > 0.1]
+            assert {s for s, _ in late} == {status[barred]}
+            after_changes |= {c for _, c in late}
+    # Both workers had the profile cached before the changes and routed by the new one after.
+    assert len(_workers(net, before_changes)) == len(_workers(net, after_changes)) == 2
+    staleness.sort()
+    record_property("staleness_ms", [round(s * 1000, 2) for s in staleness])
+    print(
+        f"\nstaleness after a profile change, 20 changes: median {staleness[10] * 1000:.1f} ms,"
+        f" max {staleness[-1] * 1000:.1f} ms"
+    )
+    assert staleness[-1] < 0.1

@@ -1,0 +1,333 @@
+"""Interworking end to end: SMS users, conversations, registrations, AS failures, trust, OPTIONS.
+
+Real Kamailio, real Redis, SIP peers on loopback; the IP-SM-GW (127.0.0.4) and the IM AS
+(127.0.0.3) are peers of the test. The session network gives an AS 500 ms to answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Network, RedisServer, make_network
+from cpmiw.sipnet import Peer, SipMessage, StatelessProxy
+from sipflows import (
+    CPM_MSG_ACCEPT,
+    ICSI,
+    chat_invite,
+    cpm_message,
+    deliver_and_answer,
+    device,
+    end_to_end_lines,
+    next_provisional,
+    subscriber,
+)
+
+HEX32 = re.compile(r"[0-9a-f]{32}")
+SMSIP = ";+g.3gpp.smsip"
+IM = ";+g.oma.sip-im"
+CPM_DEVICE = f';+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg,{ICSI}oma.cpm.session"'
+
+
+def _rules(net: Network, msg: SipMessage, count: int = 1) -> list[str]:
+    lines = net.kamailio.decision_lines(msg.header("Call-ID") or "", count)
+    return [line.split(" rule=")[1].split()[0] for line in lines]
+
+
+# -- sessions and SMS users ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("icsi", ["oma.cpm.session", "oma.cpm.largemsg", "oma.cpm.session.group"])
+def test_session_invitations_to_sms_users_go_to_the_ip_sm_gw(net: Network, icsi: str) -> None:
+    carol = subscriber(net, "sms")
+    with Peer() as caller:
+        invite = chat_invite(caller, carol.registration_aor, icsi)
+        caller.send(invite, net.kamailio.address)
+        at_gw = net.ip_sm_gw.recv_request("INVITE")
+        net.ip_sm_gw.reply(at_gw, 480, "Sent As SMS")
+        assert caller.recv_response().status == 480
+    assert at_gw.body == invite.body
+    assert end_to_end_lines(at_gw) == end_to_end_lines(invite)
+    assert _rules(net, invite) == ["sms-interworking"]
+
+
+def test_file_transfer_to_sms_user_is_rejected_by_default(net: Network) -> None:
+    carol = subscriber(net, "sms")
+    with Peer() as caller:
+        invite = chat_invite(caller, carol.registration_aor, "oma.cpm.filetransfer")
+        assert caller.ask(invite, net.kamailio.address).status == 488
+    net.ip_sm_gw.expect_nothing(0.2)
+
+
+@pytest.fixture(scope="module")
+def lenient(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
+    """A second proxy: file transfer to SMS users allowed, OPTIONS relayed."""
+    yield from make_network(
+        redis_server, log_dir, {"CPMIW_FT_TO_SMS": "ip_sm_gw", "CPMIW_OPTIONS": "relay"}
+    )
+
+
+def test_file_transfer_to_sms_user_by_setting(lenient: Network) -> None:
+    carol = subscriber(lenient, "sms")
+    with Peer() as caller:
+        invite = chat_invite(caller, carol.registration_aor, "oma.cpm.filetransfer")
+        caller.send(invite, lenient.kamailio.address)
+        at_gw = lenient.ip_sm_gw.recv_request("INVITE")
+        lenient.ip_sm_gw.reply(at_gw, 603, "Decline")
+        assert caller.recv_response().status == 603
+
+
+def test_sms_over_ip_is_delivered_untouched(net: Network) -> None:
+    frank = subscriber(net, "cpm,sms")
+    with Peer("127.0.0.4") as gateway, device(net, frank, tags=SMSIP) as ue:
+        sms = gateway.request(
+            "MESSAGE",
+            frank.identities[1],
+            headers=[
+                ("Accept-Contact", "*;+g.3gpp.smsip;require;explicit"),
+                ("Request-Disposition", "no-fork"),
+                ("Content-Type", "application/vnd.3gpp.sms"),
+            ],
+            body=b"\x01\x02\x00\x11\x22",
+        )
+        received = deliver_and_answer(gateway, ue, sms, net)
+    assert end_to_end_lines(received) == end_to_end_lines(sms)
+    assert received.body == sms.body
+
+
+# -- the SMS user's reply, with its CPM conversation ---------------------------------------
+
+
+def _sms_reply(gateway: Peer, sms_user: str, cpm_user: str, *extra: tuple[str, str]) -> SipMessage:
+    """What the IP-SM-GW sends for an SMS user's answer: no conversation headers, IM tag."""
+    return gateway.request(
+        "MESSAGE",
+        cpm_user,
+        from_=f"<{sms_user}>;tag=gw",
+        headers=[("Accept-Contact", "*;+g.oma.sip-im"), ("Content-Type", "text/plain"), *extra],
+        body=b"ok, see you",
+    )
+
+
+def test_sms_user_reply_gets_the_cpm_conversation_and_the_cpm_tag(net: Network) -> None:
+    alice = subscriber(net, "cpm")
+    carol = subscriber(net, "sms")
+    with Peer() as alice_phone:
+        first = cpm_message(
+            alice_phone, carol.identities[1], from_=f"<{alice.registration_aor}>;tag=a"
+        )
+        alice_phone.send(first, net.kamailio.address)
+        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
+        assert alice_phone.recv_response().status == 202
+    with Peer("127.0.0.4") as gateway, device(net, alice, tags=CPM_DEVICE) as ue:
+        reply = deliver_and_answer(
+            gateway, ue, _sms_reply(gateway, carol.identities[1], alice.registration_aor), net
+        )
+        second = deliver_and_answer(
+            gateway, ue, _sms_reply(gateway, carol.identities[1], alice.registration_aor), net
+        )
+        kept = deliver_and_answer(
+            gateway,
+            ue,
+            _sms_reply(
+                gateway, carol.identities[1], alice.registration_aor, ("Conversation-ID", "mine")
+            ),
+            net,
+        )
+    assert reply.header("Conversation-ID") == first.header("Conversation-ID")
+    assert reply.header("InReplyTo-Contribution-ID") == first.header("Contribution-ID")
+    assert HEX32.fullmatch(reply.header("Contribution-ID") or "")
+    assert reply.header_values("Accept-Contact") == [f'*;+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg"']
+    assert second.header("Conversation-ID") == first.header("Conversation-ID")
+    assert second.header("InReplyTo-Contribution-ID") == reply.header("Contribution-ID")
+    assert second.header("Contribution-ID") != reply.header("Contribution-ID")
+    assert kept.header_values("Conversation-ID") == ["mine"]  # never overwritten
+
+
+def test_sms_user_reply_to_an_im_user_gets_the_im_tag_and_no_cpm_headers(net: Network) -> None:
+    bob = subscriber(net, "im")
+    carol = subscriber(net, "sms")
+    with Peer("127.0.0.4") as gateway, device(net, bob, tags=IM) as ue:
+        reply = _sms_reply(gateway, carol.identities[1], bob.registration_aor)
+        reply = reply.replace_header("Accept-Contact", CPM_MSG_ACCEPT)
+        received = deliver_and_answer(gateway, ue, reply, net)
+    assert received.header_values("Accept-Contact") == ["*;+g.oma.sip-im;require;explicit"]
+    assert received.header("Conversation-ID") is None
+
+
+# -- registrations -------------------------------------------------------------------------
+
+
+def test_cpm_sms_subscriber_without_a_cpm_device_gets_sms(net: Network) -> None:
+    frank = subscriber(net, "cpm,sms")
+    with Peer() as caller, device(net, frank, tags=SMSIP) as ue:
+        sent = cpm_message(caller, frank.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
+        assert caller.recv_response().status == 202
+        ue.expect_nothing(0.2)
+    assert _rules(net, sent) == ["sms-interworking"]
+
+
+def test_cpm_sms_subscriber_with_a_cpm_device_gets_it_there(net: Network) -> None:
+    frank = subscriber(net, "cpm,sms")
+    with Peer() as caller, device(net, frank, tags=CPM_DEVICE) as ue:
+        received = deliver_and_answer(caller, ue, cpm_message(caller, frank.registration_aor), net)
+    assert received.header_values("Accept-Contact")[0] == CPM_MSG_ACCEPT
+    net.ip_sm_gw.expect_nothing(0.2)
+
+
+def test_cpm_sms_subscriber_with_no_device_gets_sms(net: Network) -> None:
+    frank = subscriber(net, "cpm,sms")
+    with Peer() as caller:
+        sent = cpm_message(caller, frank.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
+        assert caller.recv_response().status == 202
+
+
+def test_cpm_subscriber_whose_only_device_is_im_gets_the_im_tag(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer() as caller, device(net, dave, tags=IM) as ue:
+        received = deliver_and_answer(caller, ue, cpm_message(caller, dave.registration_aor), net)
+    assert received.header_values("Accept-Contact")[0].startswith("*;+g.oma.sip-im;require")
+
+
+# -- AS default handling -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_answer", [None, 503], ids=["silent", "503"])
+def test_failed_im_as_with_continue_delivers_as_if_there_were_no_as(
+    net: Network, as_answer: int | None
+) -> None:
+    erin = subscriber(net, "im", interworking="im_as", as_failure="continue")
+    with Peer() as caller, device(net, erin) as ue:
+        sent = cpm_message(caller, erin.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        at_as = net.im_as.recv_request("MESSAGE")
+        if as_answer is not None:
+            net.im_as.reply(at_as, as_answer, "Service Unavailable")
+        received = ue.recv_request("MESSAGE", timeout=3)
+        ue.reply(received, 200, "OK")
+        assert caller.recv_response().status == 200
+    assert received.header_values("Route") == []
+    assert received.header_values("Accept-Contact")[0].startswith("*;+g.oma.sip-im;require")
+    assert _rules(net, sent, 2) == ["interworking-im_as", "as-failed-continue"]
+    log = net.kamailio.wait_for_log(f"default handling continue call-id={sent.header('Call-ID')}")
+    assert f"default handling continue call-id={sent.header('Call-ID')}" in log
+
+
+def test_silent_im_as_with_terminate_gives_408(net: Network) -> None:
+    erin = subscriber(net, "im", interworking="im_as", as_failure="terminate")
+    with Peer() as caller, device(net, erin) as ue:
+        caller.send(cpm_message(caller, erin.registration_aor), net.kamailio.address)
+        net.im_as.recv_request("MESSAGE")
+        assert caller.recv_response(timeout=3).status == 408
+        ue.expect_nothing(0.2)
+
+
+def test_no_default_handling_once_the_as_sent_a_provisional_response(net: Network) -> None:
+    erin = subscriber(net, "im", interworking="im_as", as_failure="continue")
+    with Peer() as caller, device(net, erin) as ue:
+        invite = chat_invite(caller, erin.registration_aor, "oma.cpm.session")
+        caller.send(invite, net.kamailio.address)
+        at_as = net.im_as.recv_request("INVITE")
+        net.im_as.reply(at_as, 180, "Ringing")
+        assert next_provisional(caller).status == 180
+        net.im_as.reply(at_as, 500, "Server Error")
+        assert caller.recv_response().status == 500
+        ue.expect_nothing(0.8)
+
+
+def test_cancel_while_the_request_is_at_the_as(net: Network) -> None:
+    erin = subscriber(net, "im", interworking="im_as")
+    im_as = StatelessProxy(net.im_as)
+    with Peer() as caller, device(net, erin) as ue:
+        invite = chat_invite(caller, erin.registration_aor, "oma.cpm.session")
+        caller.send(invite, net.kamailio.address)
+        at_as = net.im_as.recv_request("INVITE")
+        net.im_as.reply(at_as, 180, "Ringing")
+        assert next_provisional(caller).status == 180
+        cancel = SipMessage(
+            f"CANCEL {invite.ruri} SIP/2.0",
+            [
+                (n, v.replace("INVITE", "CANCEL") if n == "CSeq" else v)
+                for n, v in invite.headers
+                if n in ("Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards")
+            ],
+            b"",
+        )
+        caller.send(cancel, net.kamailio.address)
+        net.im_as.reply(net.im_as.recv_request("CANCEL"), 200, "OK")
+        net.im_as.reply(at_as, 487, "Request Terminated")
+        assert {caller.recv_response().status, caller.recv_response().status} == {200, 487}
+        assert im_as.peer.recv_request("ACK").method == "ACK"
+        ue.expect_nothing(0.8)
+
+
+# -- trust and capability queries ----------------------------------------------------------
+
+
+def test_untrusted_sender_cannot_assert_a_service(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    asserted = ("P-Asserted-Service", "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg")
+    with Peer() as caller, device(net, dave) as ue:
+        forged = caller.request(
+            "MESSAGE",
+            dave.registration_aor,
+            headers=[
+                ("Accept-Contact", "*;+g.oma.sip-im"),
+                asserted,
+                ("Content-Type", "text/plain"),
+            ],
+            body=b"hi",
+        )
+        received = deliver_and_answer(caller, ue, forged, net)
+    assert received.header("P-Asserted-Service") is None
+    # classified by what it really carries (IM), so rewritten for the CPM recipient
+    assert received.header_values("Accept-Contact") == [f'*;+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg"']
+
+
+def test_trusted_sender_keeps_its_asserted_service(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    asserted = ("P-Asserted-Service", "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg")
+    with Peer("127.0.0.4") as gateway, device(net, dave) as ue:
+        sent = gateway.request(
+            "MESSAGE", dave.registration_aor, headers=[asserted, ("Content-Type", "text/plain")]
+        )
+        received = deliver_and_answer(gateway, ue, sent, net)
+    assert received.header("P-Asserted-Service") == asserted[1]
+
+
+@pytest.mark.parametrize(
+    ("services", "advertised"),
+    [
+        ("im", ["msg", "largemsg", "session", "session.group", "filetransfer"]),
+        ("sms", ["msg", "largemsg", "deferred", "session", "session.group", "systemmsg"]),
+    ],
+)
+def test_options_to_a_subscriber_without_cpm_is_answered_by_the_proxy(
+    net: Network, services: str, advertised: list[str]
+) -> None:
+    bob = subscriber(net, services)
+    with Peer() as caller:
+        answer = caller.ask(caller.request("OPTIONS", bob.registration_aor), net.kamailio.address)
+    assert answer.status == 200
+    contact = answer.header("Contact") or ""
+    listed = re.findall(r"icsi\.oma\.cpm\.([a-z.]+)", contact.replace("%3A", ":"))
+    assert sorted(listed) == sorted(advertised)
+
+
+def test_options_to_a_cpm_subscriber_reaches_its_device(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer() as caller, device(net, dave) as ue:
+        deliver_and_answer(caller, ue, caller.request("OPTIONS", dave.registration_aor), net)
+
+
+def test_options_relayed_when_the_proxy_does_not_answer(lenient: Network) -> None:
+    bob = subscriber(lenient, "im")
+    with Peer() as caller, device(lenient, bob) as ue:
+        deliver_and_answer(caller, ue, caller.request("OPTIONS", bob.registration_aor), lenient)

@@ -24,7 +24,7 @@ import redis
 
 from cpmiw.profile import Profile
 from cpmiw.sipnet import Peer, SipMessage
-from cpmiw.store import ProfileStore, connect
+from cpmiw.store import Changes, ProfileStore, connect
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"
@@ -126,6 +126,20 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+class CountingStore(ProfileStore):
+    """The real store, counting the round trips asked of it (the cache tests' witness)."""
+
+    round_trips = 0
+
+    def lookup(self, identity: str) -> Profile | None:
+        self.round_trips += 1
+        return super().lookup(identity)
+
+    def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
+        self.round_trips += 1
+        return super().changes(cursor, limit)
+
+
 @pytest.fixture
 def store(redis_server: RedisServer) -> ProfileStore:
     return ProfileStore(connect(redis_server.url, timeout=1.0))
@@ -182,6 +196,7 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
         "CPMIW_WORKERS": "2",
         "CPMIW_METRICS_PORT": str(metrics_port),
         "CPMIW_METRICS_DIR": str(log_dir / f"metrics-{port}"),
+        "CPMIW_RPC_SOCKET": str(log_dir / f"rpc-{port}.sock"),
         "CPMIW_SHM_MB": "64",
         "CPMIW_DOMAINS": DOMAIN,
         "CPMIW_VENV": sys.prefix,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import DOMAIN, Network, RedisServer, start_redis
+from conftest import DOMAIN, CountingStore, Network, RedisServer, ask_together, start_redis
 from cpmiw.cache import CachedProfiles
 from cpmiw.profile import Profile
 from cpmiw.sipnet import Peer
@@ -40,20 +40,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class CountingStore(ProfileStore):
-    """The real store, counting the round trips the cache asks of it."""
-
-    round_trips = 0
-
-    def lookup(self, identity: str) -> Profile | None:
-        self.round_trips += 1
-        return super().lookup(identity)
-
-    def changes(self, cursor: str | None, limit: int = 1000) -> object:  # type: ignore[override]
-        self.round_trips += 1
-        return super().changes(cursor, limit)
 
 
 def unique(services: str = "cpm", **fields: object) -> Profile:
@@ -229,14 +215,12 @@ def _workers(net: Network, call_ids: set[str]) -> set[str]:
 
 def _burst(net: Network, callers: tuple[Peer, Peer], ruri: str) -> list[tuple[float, int, str]]:
     """One request from each caller at once (both workers busy); (sent at, status, Call-ID)."""
-    sent = []
-    for caller in callers:
-        request = caller.request("MESSAGE", ruri, headers=CPM_PAGER)
-        sent.append((time.monotonic(), request.header("Call-ID") or ""))
-        caller.send(request, net.kamailio.address)
+    requests = [(caller, caller.request("MESSAGE", ruri, headers=CPM_PAGER)) for caller in callers]
+    at = time.monotonic()
+    answers = ask_together(net.kamailio, requests)
     return [
-        (at, caller.recv_response().status, call_id)
-        for (at, call_id), caller in zip(sent, callers, strict=True)
+        (at, response.status, request.header("Call-ID") or "")
+        for (_, request), (response, _) in zip(requests, answers, strict=True)
     ]
 
 

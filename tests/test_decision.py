@@ -8,7 +8,7 @@ import pytest
 
 from cpmiw.decision import Action, FileTransferToSms, Policy, decide
 from cpmiw.profile import Interworking
-from cpmiw.services import Service
+from cpmiw.services import Family, Service
 from cpmiw.testing import RECIPIENT_KINDS, make_profile
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -86,3 +86,47 @@ def test_file_transfer_to_sms_by_policy() -> None:
     lenient = Policy(POLICY.im_as, POLICY.ip_sm_gw, FileTransferToSms.IP_SM_GW)
     assert decide(Service.CPM_FILETRANSFER, sms, POLICY).status == 488
     assert decide(Service.CPM_FILETRANSFER, sms, lenient).action is Action.TO_IP_SM_GW
+
+
+SMS_PHONE = frozenset({Family.SMS})
+IM_CLIENT = frozenset({Family.IM})
+CPM_CLIENT = frozenset({Family.CPM})
+UNTAGGED = frozenset[Family]()
+
+
+@pytest.mark.parametrize(
+    ("services", "devices", "service", "expected"),
+    [
+        ("cpm,sms", [SMS_PHONE], Service.CPM_MSG, "to-ip-sm-gw"),
+        ("cpm,sms", [SMS_PHONE, CPM_CLIENT], Service.CPM_MSG, "deliver"),
+        ("cpm,sms", [], Service.CPM_SESSION, "to-ip-sm-gw"),
+        ("cpm", [IM_CLIENT], Service.CPM_MSG, "rewrite to im.pager, deliver"),
+        ("cpm", [UNTAGGED], Service.CPM_MSG, "deliver"),
+        ("cpm", [], Service.CPM_MSG, "480 Temporarily Unavailable"),
+        ("im", [], Service.CPM_MSG, "480 Temporarily Unavailable"),
+        ("im", [], Service.CPM_DEFERRED, "488 Not Acceptable Here"),
+        ("im", [CPM_CLIENT], Service.IM_PAGER, "rewrite to cpm.msg, deliver"),
+        ("sms", [], Service.CPM_MSG, "to-ip-sm-gw"),
+        ("", [CPM_CLIENT], Service.CPM_MSG, "488 Not Acceptable Here"),
+    ],
+)
+def test_registered_devices_refine_the_decision(
+    services: str, devices: list[frozenset[Family]], service: Service, expected: str
+) -> None:
+    profile = make_profile("d", "+15550000010", services)
+    assert decide(service, profile, POLICY, devices).summary == expected
+
+
+@pytest.mark.parametrize(
+    ("services", "service", "expected"),
+    [
+        ("im", Service.CPM_MSG, "rewrite to im.pager, deliver"),
+        ("sms", Service.CPM_MSG, "deliver"),
+        ("cpm", Service.CPM_MSG, "deliver"),
+    ],
+)
+def test_without_as_interworking_is_done_in_the_proxy(
+    services: str, service: Service, expected: str
+) -> None:
+    profile = make_profile("d", "+15550000010", services, interworking="im_as")
+    assert decide(service, profile, POLICY, use_as=False).summary == expected

@@ -331,3 +331,23 @@ def test_options_relayed_when_the_proxy_does_not_answer(lenient: Network) -> Non
     bob = subscriber(lenient, "im")
     with Peer() as caller, device(lenient, bob) as ue:
         deliver_and_answer(caller, ue, caller.request("OPTIONS", bob.registration_aor), lenient)
+
+
+# -- shadow mode ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shadow(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
+    yield from make_network(redis_server, log_dir, {"CPMIW_SHADOW": "on"})
+
+
+def test_shadow_mode_decides_and_logs_but_delivers_unchanged(shadow: Network) -> None:
+    carol = subscriber(shadow, "sms")
+    with Peer() as caller, device(shadow, carol) as ue:
+        sent = cpm_message(caller, carol.registration_aor)
+        received = deliver_and_answer(caller, ue, sent, shadow)
+        shadow.ip_sm_gw.expect_nothing(0.2)
+    assert end_to_end_lines(received) == end_to_end_lines(sent)
+    line = shadow.kamailio.decision_lines(sent.header("Call-ID") or "")[0]
+    assert "action=to-ip-sm-gw rule=sms-interworking" in line
+    assert line.endswith("shadow=on")

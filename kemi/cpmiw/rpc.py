@@ -24,14 +24,13 @@ from .services import Family
 # its device registered (comma-separated values of Family); the adapter writes it at REGISTER.
 CAPABILITIES = "caps"
 _MAX_DATAGRAM = 1 << 20
+# Kamailio 5.6 answers "not found" with code 500: only the messages tell it from a failure.
+_NO_AOR = "AOR not found"
+_NO_KEY = "doesn't exist"
 
 
 class RpcError(RuntimeError):
     """Kamailio could not be asked (no socket, no answer) or answered with an error."""
-
-    def __init__(self, message: str, code: int = 0) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,13 @@ class Contact:
 
     uri: str
     families: frozenset[Family]
+
+
+def usrloc_key(aor: str) -> str:
+    """How usrloc (use_domain on) files a SIP AOR: `user@host`, host lower-cased, no port."""
+    rest = aor.strip().strip("<>").split(":", 1)[-1].split(";", 1)[0].split("?", 1)[0]
+    user, _, host = rest.rpartition("@")
+    return f"{user}@{host.split(':', 1)[0].lower()}" if user else host.lower()
 
 
 class KamailioRpc:
@@ -79,16 +85,15 @@ class KamailioRpc:
             raise RpcError(f"kamailio rpc {self.path}: {error}") from None
         if "error" in reply:
             failure = reply["error"]
-            message = failure.get("message", failure)
-            raise RpcError(f"{method}: {message}", int(failure.get("code", 0)))
+            raise RpcError(f"{method}: {failure.get('message', failure)}")
         return reply.get("result")
 
     def contacts(self, aor: str) -> list[Contact]:
         """The contacts registered for `aor` (none: an empty list), with their families."""
         try:
-            found = self.call("ul.lookup", "location", aor)
+            found = self.call("ul.lookup", "location", usrloc_key(aor))
         except RpcError as error:
-            if error.code == 404:  # AOR not found
+            if _NO_AOR in str(error):
                 return []
             raise
         entries = found.get("Contacts", []) if isinstance(found, dict) else []
@@ -99,7 +104,7 @@ class KamailioRpc:
         try:
             item = self.call("htable.get", CAPABILITIES, uri)
         except RpcError as error:
-            if error.code == 404:  # the device registered no tags the plugin kept
+            if _NO_KEY in str(error):  # the device registered no tags the plugin kept
                 return frozenset()
             raise
         value = item.get("item", {}).get("value", "") if isinstance(item, dict) else ""

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from .profile import Profile
-from .services import Family
 
 DOMAIN = "ims.example.net"
 
 
 def make_profile(user: str, number: str, services: str = "", **fields: object) -> Profile:
-    """A valid profile for sip:<user>@ims.example.net and tel:<number>; services like "cpm,sms"."""
-    return Profile(
-        identities=[f"sip:{user}@{DOMAIN}", f"tel:{number}"],
-        services=[Family(name) for name in services.split(",") if name],
-        **fields,  # type: ignore[arg-type]
+    """A valid profile for sip:<user>@ims.example.net and tel:<number>; services like "cpm,sms".
+
+    Other fields are given as in the stored JSON (`interworking="im_as"`) and validated so.
+    """
+    return msgspec.convert(
+        {
+            "identities": [f"sip:{user}@{DOMAIN}", f"tel:{number}"],
+            "services": [name for name in services.split(",") if name],
+            **fields,
+        },
+        Profile,
     )
 
 

@@ -1,0 +1,269 @@
+"""Redis outages: killed and restarted, or slow, under steady traffic through the real Kamailio.
+
+Each Kamailio here has a redis-server of its own (the session's one is left alone). What must
+hold while Redis is out: cached profiles keep being served, the others get the fail policy at
+once (503 + Retry-After, or delivery), every request gets a final response, none waits for
+Redis longer than the configured timeout, and the plugin recovers by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+
+from conftest import Network, RedisServer, ask_together, make_network, start_redis
+from cpmiw.cache import CachedProfiles
+from cpmiw.profile import Profile
+from cpmiw.routing import StoreError
+from cpmiw.sipnet import Peer, SipMessage
+from cpmiw.store import connect
+from cpmiw.testing import make_profile
+
+CPM_PAGER = [
+    ("Accept-Contact", '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'),
+    ("Content-Type", "text/plain"),
+]
+TIMEOUT_MS, BACKOFF_MS = 50, 200
+ENV = {"CPMIW_REDIS_TIMEOUT_MS": str(TIMEOUT_MS), "CPMIW_REDIS_BACKOFF_MS": str(BACKOFF_MS)}
+
+
+def barred() -> Profile:
+    """A barred subscriber: 403 whenever its profile is known, whatever is registered."""
+    return make_profile(
+        f"o{secrets.token_hex(4)}", f"+1777{secrets.randbelow(10**7):07d}", "cpm", barred=True
+    )
+
+
+@pytest.fixture
+def redis_of_its_own() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+# -- the cache alone, against a Redis that is stopped --------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_while_redis_is_down_hits_are_served_and_misses_fail_without_asking(
+    redis_of_its_own: RedisServer,
+) -> None:
+    store = CountingStore(connect(redis_of_its_own.url, timeout=TIMEOUT_MS / 1000))
+    known, unknown = barred(), barred()
+    store.put([known, unknown])
+    clock = Clock()
+    cache = CachedProfiles(
+        store, capacity=10, poll_interval=0.005, max_age=60, backoff=0.2, clock=clock
+    )
+    assert cache.lookup(known.subscriber) == known
+    redis_of_its_own.stop()
+    clock.now += 61  # past max_age: it would be fetched again, were Redis there
+    assert cache.lookup(known.subscriber) == known  # the poll failed: breaker open
+    assert cache.breaker.open
+    asked = store.round_trips
+    with pytest.raises(StoreError, match="circuit open"):
+        cache.lookup(unknown.subscriber)
+    assert store.round_trips == asked  # failed at once
+    clock.now += 0.2  # backoff over: Redis is tried again (the poll), and fails again
+    with pytest.raises(StoreError):
+        cache.lookup(unknown.subscriber)
+    assert store.round_trips == asked + 1
+    redis_of_its_own.start()  # empty: no persistence
+    store.put([unknown])
+    clock.now += 0.2
+    assert cache.lookup(unknown.subscriber) == unknown
+    assert cache.lookup(known.subscriber) is None  # a new data set: nothing cached survives
+
+
+# -- through Kamailio -----------------------------------------------------------------------------
+
+
+class AutoAnswer:
+    """A registered device that answers every request 200 from a thread of its own."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                request = self.peer.recv_request(timeout=0.05)
+            except TimeoutError:
+                continue
+            self.answered += 1
+            self.peer.reply(request, 200, "OK")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def outage_network(
+    redis_server: RedisServer, log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[Network]:
+    yield from make_network(redis_server, log_dir, {**ENV, **(env or {})})
+
+
+Round = list[tuple[str, SipMessage, float]]  # per request: who it was for, response, seconds
+
+
+def traffic(
+    net: Network, callers: tuple[Peer, Peer], targets: dict[str, Profile], seconds: float
+) -> Round:
+    """Steady traffic: one request to each target at once, round after round, for `seconds`."""
+    answered: Round = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sends = [
+            (caller, caller.request("MESSAGE", profile.registration_aor, headers=CPM_PAGER))
+            for caller, profile in zip(callers, targets.values(), strict=True)
+        ]
+        for name, (response, took) in zip(targets, ask_together(net.kamailio, sends), strict=True):
+            answered.append((name, response, took))
+    return answered
+
+
+def statuses(answers: Round, name: str) -> set[int]:
+    return {response.status for who, response, _ in answers if who == name}
+
+
+@pytest.mark.parametrize("policy", ["reject", "deliver"])
+def test_redis_killed_and_restarted_under_load(
+    redis_of_its_own: RedisServer, log_dir: Path, policy: str
+) -> None:
+    env = {"CPMIW_ON_PROFILE_ERROR": policy}
+    cached, uncached = barred(), barred()
+    with (
+        outage_network(redis_of_its_own, log_dir, env) as net,
+        Peer() as first,
+        Peer() as second,
+        Peer("127.0.0.5") as phone,
+    ):
+        net.provision(cached, uncached)
+        assert phone.register(net.kamailio.address, uncached.registration_aor).status == 200
+        device = AutoAnswer(phone)
+        callers = (first, second)
+        try:
+            warm = traffic(net, callers, {"cached": cached, "again": cached}, 0.2)
+            assert statuses(warm, "cached") == {403}
+            redis_of_its_own.stop()
+            out = traffic(net, callers, {"cached": cached, "uncached": uncached}, 1.0)
+            delivered = device.answered
+            redis_of_its_own.start()
+            net.provision(cached, uncached)  # restarted empty: ops restore the profiles
+            back = traffic(net, callers, {"cached": cached, "uncached": uncached}, 0.6)
+        finally:
+            device.stop()
+    assert statuses(out, "cached") == {403}
+    if policy == "reject":
+        failed = [r for who, r, _ in out if who == "uncached"]
+        assert {(r.status, r.header("Retry-After")) for r in failed} == {(503, "30")}
+        assert delivered == 0
+    else:
+        assert statuses(out, "uncached") == {200}
+        assert delivered == len(out) // 2
+    assert max(took for _, _, took in out) < 1.0  # nobody waited on the dead Redis
+    # Recovered within the breaker's backoff: the uncached recipient is found again.
+    late = back[len(back) // 2 :]
+    assert statuses(late, "uncached") == statuses(late, "cached") == {403}
+
+
+class DelayProxy:
+    """A TCP relay in front of Redis that holds every reply for `delay` seconds (test-set)."""
+
+    def __init__(self, upstream: int) -> None:
+        self.delay = 0.0
+        self._upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            self._sockets += [client, server]
+            for source, sink, delayed in ((client, server, False), (server, client, True)):
+                thread = threading.Thread(
+                    target=self._pump, args=(source, sink, delayed), daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, delayed: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if delayed and self.delay:
+                    time.sleep(self.delay)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            sock.close()
+
+    def close(self) -> None:
+        for sock in [self._listener, *self._sockets]:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it; close() does not
+            sock.close()
+        for thread in list(self._threads):
+            thread.join()
+
+
+@pytest.fixture
+def slow_redis(redis_of_its_own: RedisServer) -> Iterator[tuple[RedisServer, DelayProxy]]:
+    proxy = DelayProxy(redis_of_its_own.port)
+    yield redis_of_its_own, proxy
+    proxy.close()
+
+
+def test_slow_redis_costs_one_timeout_per_backoff_then_recovers(
+    slow_redis: tuple[RedisServer, DelayProxy], log_dir: Path
+) -> None:
+    redis_server, proxy = slow_redis
+    cached, uncached = barred(), barred()
+    env = {"CPMIW_REDIS_URL": proxy.url}
+    with outage_network(redis_server, log_dir, env) as net, Peer() as first, Peer() as second:
+        net.provision(cached, uncached)
+        callers = (first, second)
+        assert statuses(traffic(net, callers, {"a": cached, "b": cached}, 0.2), "a") == {403}
+        proxy.delay = 1.0  # far past the 50 ms timeout
+        slow = traffic(net, callers, {"cached": cached, "uncached": uncached}, 1.0)
+        proxy.delay = 0.01  # slow, but within the timeout
+        recovering = traffic(net, callers, {"cached": cached, "uncached": uncached}, 0.6)
+    assert statuses(slow, "cached") == {403}
+    assert statuses(slow, "uncached") == {503}
+    rounds = [max(slow[i][2], slow[i + 1][2]) for i in range(0, len(slow), 2)]
+    assert max(rounds) < 0.5  # bounded by the 50 ms timeout, never the 1 s delay
+    # A round waits on Redis only when a worker tries it again, once per backoff (200 ms).
+    rounds_waiting = sum(1 for took in rounds if took >= TIMEOUT_MS / 1000)
+    assert 1 <= rounds_waiting <= 2 * (1.0 / (BACKOFF_MS / 1000) + 1)
+    assert statuses(recovering[len(recovering) // 2 :], "uncached") == {403}

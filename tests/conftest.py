@@ -162,6 +162,14 @@ class Kamailio:
     def uri(self) -> str:
         return f"sip:127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def rpc_socket(self) -> Path:
+        return self.log_path.parent / f"rpc-{self.port}.sock"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -294,3 +294,25 @@ def test_cancel_while_ringing(net: Network) -> None:
         assert ue.recv_request("ACK").header("CSeq") == "1 ACK"  # tm acknowledges the 487
         statuses = {caller.recv_response().status, caller.recv_response().status}
         assert statuses == {200, 487}
+
+
+def test_a_marker_is_honoured_once(net: Network) -> None:
+    erin = subscriber(net, "im", interworking="im_as")
+    im_as = StatelessProxy(net.im_as)
+    with Peer() as caller, device(net, erin) as ue, Peer("127.0.0.4") as other_as:
+        caller.send(cpm_message(caller, erin.registration_aor), net.kamailio.address)
+        back = im_as.forward_one(mutate=_im_as_adapts)
+        ue.reply(ue.recv_request("MESSAGE"), 200, "OK")
+        im_as.relay_responses()
+        assert caller.recv_response().status == 200
+        # The same request, marker and all, sent again from another AS address: a replay.
+        replay = back.replace_header(
+            "Via", f"SIP/2.0/UDP 127.0.0.4:{other_as.port};branch=z9hG4bKreplay"
+        )
+        other_as.send(replay, net.kamailio.address)
+        at_as = net.im_as.recv_request("MESSAGE")  # to the AS again, not to the device
+        net.im_as.reply(at_as, 403, "Forbidden")
+        assert other_as.recv_response().status == 403
+        ue.expect_nothing(0.3)
+    warning = "replayed AS marker from 127.0.0.4 ignored"
+    assert warning in net.kamailio.wait_for_log(warning)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from dataclasses import replace
 
 import KSR  # provided by app_python3 inside Kamailio
 
@@ -38,6 +39,8 @@ REWRITERS = {
 NOT_REGISTERED = Decision(Action.REJECT, "not-registered", 480, "Temporarily Unavailable")
 # htable (kamailio.cfg) holding, per registered contact URI, the families its device takes.
 CAPABILITIES = "caps"
+# htable (kamailio.cfg) of the AS markers already honoured, kept longer than a marker lives.
+MARKERS = "markers"
 CONVERSATION_HEADERS = (
     conversation.CONVERSATION_ID,
     conversation.CONTRIBUTION_ID,
@@ -136,7 +139,7 @@ class Router:
             source=_pv("$si"),
             route=_all("Route"),
         )
-        return plan(
+        routing = plan(
             request,
             self.settings,
             self.profiles.lookup,
@@ -144,6 +147,25 @@ class Router:
             time.time(),
             use_as=use_as,
         )
+        if routing.marker is None or self._first_use(routing.marker):
+            return routing
+        # A marker honoured once already: a replay, routed as a new request.
+        again = plan(
+            replace(request, route=""),
+            self.settings,
+            self.profiles.lookup,
+            self._registrations,
+            time.time(),
+            use_as=use_as,
+        )
+        return replace(again, warnings=(f"replayed AS marker from {request.source} ignored",))
+
+    def _first_use(self, token: str) -> bool:
+        """Whether a marker is seen for the first time (htable `markers`, shared by workers)."""
+        if KSR.htable.sht_get(MARKERS, token) is not None:
+            return False
+        KSR.htable.sht_seti(MARKERS, token, 1)
+        return True
 
     def _registrations(self, aor: str) -> list[frozenset[Family]]:
         """The recipient's registered devices, with what each registered it can take."""

@@ -64,6 +64,7 @@ class Plan:
     devices: Devices = None
     warnings: tuple[str, ...] = field(default=())
     untrusted: bool = False  # sender may not assert services: drop its P-Asserted-Service
+    marker: str | None = None  # the valid AS marker the request came back with
 
     @property
     def aor(self) -> str | None:
@@ -94,7 +95,8 @@ def plan(
     untrusted = request.source not in settings.trusted_addresses
     headers = replace(request.headers, asserted_service="") if untrusted else request.headers
     service = classify(headers)
-    returning, warnings = _returning_from_as(request, settings, now)
+    token, warnings = _returning_from_as(request, settings, now)
+    returning = token is not None
     if returning:
         # Delivered with the tag the recipient understands, never handed to an AS again.
         rule, use_as = "returned-from-as", False
@@ -133,7 +135,7 @@ def plan(
             decision = decide(service, profile, settings.policy, devices, use_as=False)
     if rule and decision.action is not Action.REJECT:
         decision = replace(decision, rule=rule)
-    return Plan(service, decision, identity, profile, devices, warnings, untrusted)
+    return Plan(service, decision, identity, profile, devices, warnings, untrusted, token)
 
 
 def answer_options(profile: Profile, policy: Policy) -> Decision | None:
@@ -155,19 +157,19 @@ def answer_options(profile: Profile, policy: Policy) -> Decision | None:
 
 def _returning_from_as(
     request: Request, settings: Settings, now: float
-) -> tuple[bool, tuple[str, ...]]:
-    """True when the top Route holds our marker, valid for this request, from an AS address."""
+) -> tuple[str | None, tuple[str, ...]]:
+    """The marker of the top Route when it is ours, valid for this request, from an AS address."""
     if f";{marker.PARAM}=" not in request.route:
-        return False, ()
+        return None, ()
     top = fields.entries(request.route)[0]
     uri = top.text[top.text.find("<") + 1 : top.text.rfind(">")] if "<" in top.text else top.text
     uri_span = fields.Span(0, len(uri), uri)
     token = next((p.value for p in fields.params(uri_span) if p.name == marker.PARAM), None)
     if token is None:
-        return False, ()
+        return None, ()
     if request.source not in settings.as_addresses:
-        return False, (f"AS marker from non-AS address {request.source} ignored",)
+        return None, (f"AS marker from non-AS address {request.source} ignored",)
     bound_to = marker.binding(request.call_id, request.cseq, request.method)
     if not marker.verify(settings.secret, token, bound_to, now):
-        return False, (f"invalid or expired AS marker from {request.source} ignored",)
-    return True, ()
+        return None, (f"invalid or expired AS marker from {request.source} ignored",)
+    return token, ()

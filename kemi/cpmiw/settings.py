@@ -109,7 +109,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         as_addresses=as_addresses,
         trusted_addresses=as_addresses | _list(env, "CPMIW_TRUSTED_ADDRESSES", ""),
         secret=secret.encode(),
-        marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32),
+        marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32, most=300),
         deliver_on_profile_error=_choice(
             env, "CPMIW_ON_PROFILE_ERROR", "reject", ("reject", "deliver")
         )

@@ -96,3 +96,26 @@ def chat_invite(caller: Peer, ruri: str, icsi: str) -> SipMessage:
     ).replace_header(
         "Contact", f'<sip:caller@127.0.0.1:{caller.port}>;+g.3gpp.icsi-ref="{ICSI}{icsi}"'
     )
+
+
+def ringing(net: Network, caller: Peer, callee: Peer, invite: SipMessage) -> SipMessage:
+    """Sends `invite`, has `callee` answer 180; returns the INVITE as the callee got it."""
+    caller.send(invite, net.kamailio.address)
+    at_callee = callee.recv_request("INVITE")
+    callee.reply(at_callee, 180, "Ringing")
+    assert next_provisional(caller).status == 180
+    return at_callee
+
+
+def cancel_of(invite: SipMessage) -> SipMessage:
+    """The CANCEL of a pending INVITE (RFC 3261 9.1: same Via, From, To, Call-ID, CSeq number)."""
+    kept = ("Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards")
+    return SipMessage(
+        f"CANCEL {invite.ruri} SIP/2.0",
+        [
+            (name, value.replace("INVITE", "CANCEL") if name == "CSeq" else value)
+            for name, value in invite.headers
+            if name in kept
+        ],
+        b"",
+    )

@@ -17,12 +17,13 @@ from cpmiw.sipnet import Peer, SipMessage, StatelessProxy
 from sipflows import (
     CPM_MSG_ACCEPT,
     ICSI,
+    cancel_of,
     chat_invite,
     cpm_message,
     deliver_and_answer,
     device,
     end_to_end_lines,
-    next_provisional,
+    ringing,
     subscriber,
 )
 
@@ -233,10 +234,7 @@ def test_no_default_handling_once_the_as_sent_a_provisional_response(net: Networ
     erin = subscriber(net, "im", interworking="im_as", as_failure="continue")
     with Peer() as caller, device(net, erin) as ue:
         invite = chat_invite(caller, erin.registration_aor, "oma.cpm.session")
-        caller.send(invite, net.kamailio.address)
-        at_as = net.im_as.recv_request("INVITE")
-        net.im_as.reply(at_as, 180, "Ringing")
-        assert next_provisional(caller).status == 180
+        at_as = ringing(net, caller, net.im_as, invite)
         net.im_as.reply(at_as, 500, "Server Error")
         assert caller.recv_response().status == 500
         ue.expect_nothing(0.8)
@@ -247,20 +245,8 @@ def test_cancel_while_the_request_is_at_the_as(net: Network) -> None:
     im_as = StatelessProxy(net.im_as)
     with Peer() as caller, device(net, erin) as ue:
         invite = chat_invite(caller, erin.registration_aor, "oma.cpm.session")
-        caller.send(invite, net.kamailio.address)
-        at_as = net.im_as.recv_request("INVITE")
-        net.im_as.reply(at_as, 180, "Ringing")
-        assert next_provisional(caller).status == 180
-        cancel = SipMessage(
-            f"CANCEL {invite.ruri} SIP/2.0",
-            [
-                (n, v.replace("INVITE", "CANCEL") if n == "CSeq" else v)
-                for n, v in invite.headers
-                if n in ("Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards")
-            ],
-            b"",
-        )
-        caller.send(cancel, net.kamailio.address)
+        at_as = ringing(net, caller, net.im_as, invite)
+        caller.send(cancel_of(invite), net.kamailio.address)
         net.im_as.reply(net.im_as.recv_request("CANCEL"), 200, "OK")
         net.im_as.reply(at_as, 487, "Request Terminated")
         assert {caller.recv_response().status, caller.recv_response().status} == {200, 487}

@@ -18,12 +18,14 @@ from sipflows import (
     ICSI,
     RCS_IARI,
     SDP,
+    cancel_of,
     chat_invite,
     cpm_message,
     deliver_and_answer,
     device,
     end_to_end_lines,
     next_provisional,
+    ringing,
     subscriber,
 )
 
@@ -275,20 +277,8 @@ def test_cancel_while_ringing(net: Network) -> None:
     dave = subscriber(net, "cpm")
     with Peer() as caller, device(net, dave) as ue:
         invite = chat_invite(caller, dave.registration_aor, "oma.cpm.session")
-        caller.send(invite, net.kamailio.address)
-        at_ue = ue.recv_request("INVITE")
-        ue.reply(at_ue, 180, "Ringing")
-        assert next_provisional(caller).status == 180
-        cancel = SipMessage(
-            f"CANCEL {invite.ruri} SIP/2.0",
-            [
-                (n, v.replace("INVITE", "CANCEL") if n == "CSeq" else v)
-                for n, v in invite.headers
-                if n in ("Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards")
-            ],
-            b"",
-        )
-        caller.send(cancel, net.kamailio.address)
+        at_ue = ringing(net, caller, ue, invite)
+        caller.send(cancel_of(invite), net.kamailio.address)
         ue.reply(ue.recv_request("CANCEL"), 200, "OK")
         ue.reply(at_ue, 487, "Request Terminated")
         assert ue.recv_request("ACK").header("CSeq") == "1 ACK"  # tm acknowledges the 487

@@ -29,6 +29,11 @@ from cpmiw.store import Changes, ProfileStore, connect
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"
 DOMAIN = "ims.example.net"
+# Headers of a CPM pager-mode MESSAGE (the service that barring and profiles act on).
+CPM_PAGER = [
+    ("Accept-Contact", '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'),
+    ("Content-Type", "text/plain"),
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

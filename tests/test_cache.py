@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conftest import DOMAIN, CountingStore, Network, RedisServer, ask_together, start_redis
+from conftest import (
+    CPM_PAGER,
+    DOMAIN,
+    CountingStore,
+    Network,
+    RedisServer,
+    ask_together,
+    start_redis,
+)
 from cpmiw.cache import CachedProfiles
 from cpmiw.profile import Profile
 from cpmiw.sipnet import Peer
@@ -23,10 +31,6 @@ from cpmiw.store import BULK, ProfileStore, connect
 from cpmiw.testing import make_profile
 
 POLL = 0.005
-CPM_PAGER = [
-    ("Accept-Contact", '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'),
-    ("Content-Type", "text/plain"),
-]
 
 
 class Clock:

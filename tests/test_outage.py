@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Network, RedisServer, ask_together, make_network, start_redis
+from conftest import (
+    CPM_PAGER,
+    CountingStore,
+    Network,
+    RedisServer,
+    ask_together,
+    make_network,
+    start_redis,
+)
 from cpmiw.cache import CachedProfiles
 from cpmiw.profile import Profile
 from cpmiw.routing import StoreError
@@ -26,10 +34,6 @@ from cpmiw.sipnet import Peer, SipMessage
 from cpmiw.store import connect
 from cpmiw.testing import make_profile
 
-CPM_PAGER = [
-    ("Accept-Contact", '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'),
-    ("Content-Type", "text/plain"),
-]
 TIMEOUT_MS, BACKOFF_MS = 50, 200
 ENV = {"CPMIW_REDIS_TIMEOUT_MS": str(TIMEOUT_MS), "CPMIW_REDIS_BACKOFF_MS": str(BACKOFF_MS)}
 
@@ -226,16 +230,21 @@ class DelayProxy:
                 sink.sendall(data)
         except OSError:
             pass
-        for sock in (source, sink):
-            sock.close()
+        _shut(source, sink)  # the other direction's thread stops too
 
     def close(self) -> None:
-        for sock in [self._listener, *self._sockets]:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it; close() does not
-            sock.close()
+        _shut(self._listener, *self._sockets)
         for thread in list(self._threads):
             thread.join()
+        for sock in [self._listener, *self._sockets]:
+            sock.close()
+
+
+def _shut(*socks: socket.socket) -> None:
+    """Shuts sockets down: wakes a thread blocked on one, which close() would not."""
+    for sock in socks:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
@@ -264,6 +273,8 @@ def test_slow_redis_costs_one_timeout_per_backoff_then_recovers(
     rounds = [max(slow[i][2], slow[i + 1][2]) for i in range(0, len(slow), 2)]
     assert max(rounds) < 0.5  # bounded by the 50 ms timeout, never the 1 s delay
     # A round waits on Redis only when a worker tries it again, once per backoff (200 ms).
+    # Without the breaker every round would wait: ~20 rounds in that second, not hundreds.
     rounds_waiting = sum(1 for took in rounds if took >= TIMEOUT_MS / 1000)
     assert 1 <= rounds_waiting <= 2 * (1.0 / (BACKOFF_MS / 1000) + 1)
+    assert len(rounds) > 100
     assert statuses(recovering[len(recovering) // 2 :], "uncached") == {403}

@@ -1,0 +1,346 @@
+"""The benchmark's processes on loopback: redis-server, Kamailio (product or native cfg), sipp.
+
+Everything a benchmark starts goes through a `Lab`, which stops it all on the way out, failures
+included. Addresses: the proxy on 127.0.0.1, the recipients' UAS on 127.0.0.2, the IP-SM-GW on
+127.0.0.4; ports are chosen free at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+SCENARIOS = BENCH / "scenarios"
+UAS_HOST = "127.0.0.2"
+IP_SM_GW_HOST = "127.0.0.4"
+SHM_MB = 2048  # ~12 KB per MESSAGE transaction for 5 s after its reply: ~100k in flight
+WORKERS = 2
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host`."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stops a process started in its own session, with everything it started."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class Lab:
+    """A scratch directory and every process started in it; all stopped on exit."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="cpmiw-bench-"))
+        self._stack = ExitStack()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+    def spawn(self, args: list[str], log: str, env: dict[str, str] | None = None) -> Process:
+        with (self.dir / log).open("ab") as out:
+            process = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                cwd=self.dir,
+            )
+        handle = Process(process, self.dir / log)
+        self._stack.callback(handle.stop)
+        return handle
+
+    def redis(self, *, persistent: bool = False) -> Redis:
+        server = Redis(self, free_port(), persistent)
+        server.start()
+        return server
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self) -> None:
+        stop(self.popen)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class Redis:
+    lab: Lab
+    port: int
+    persistent: bool  # append-only file: a restart keeps the profiles, as in production
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis  # noqa: PLC0415  (only the processes that talk to Redis need it)
+
+        persistence = ["--appendonly", "yes"] if self.persistent else ["--appendonly", "no"]
+        args = [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+            *persistence, "--dir", str(self.lab.dir),
+        ]  # fmt: skip
+        self.process = self.lab.spawn(args, f"redis-{self.port}.log")
+        client = redis.Redis(port=self.port, socket_timeout=1.0)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping()) and client.info("persistence")["loading"] == 0
+            except redis.RedisError:
+                return False
+
+        wait_until(ready, "redis-server", timeout=120)
+
+    def kill(self) -> None:
+        """Ends redis-server abruptly (SIGKILL), as a crash would."""
+        assert self.process is not None
+        stop(self.process.popen, signal.SIGKILL)
+
+
+@dataclass
+class Kamailio:
+    name: str
+    port: int
+    process: Process
+    metrics_port: int = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def processes(self) -> list[int]:
+        """The main process and its children (the SIP workers among them)."""
+        children = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    children.append(int(entry.name))
+        return [self.process.pid, *sorted(children)]
+
+
+def _probe(address: tuple[str, int]) -> bool:
+    """True once the proxy answers: a request with Max-Forwards 0 gets 483 in every config."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(0.3)
+        port = sock.getsockname()[1]
+        probe = (
+            f"OPTIONS sip:probe@ims.example.net SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKprobe{time.monotonic_ns()}\r\n"
+            f"Max-Forwards: 0\r\nFrom: <sip:probe@127.0.0.1>;tag=p\r\n"
+            f"To: <sip:probe@ims.example.net>\r\nCall-ID: probe-{time.monotonic_ns()}\r\n"
+            f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        sock.sendto(probe.encode(), address)
+        try:
+            return sock.recv(65535).startswith(b"SIP/2.0 ")
+        except TimeoutError:
+            return False
+
+
+def _started(lab: Lab, name: str, port: int, process: Process, metrics: int = 0) -> Kamailio:
+    def ready() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"{name} exited:\n{process.log.read_text()[-3000:]}")
+        return _probe(("127.0.0.1", port))
+
+    wait_until(ready, name)
+    return Kamailio(name, port, process, metrics)
+
+
+def start_product(lab: Lab, redis_url: str, **env: str) -> Kamailio:
+    """Kamailio with the repo's kamailio.cfg and plugin, started as deploy/cpmiw-kamailio does."""
+    port, metrics = free_port(), free_port()
+    full_env = {
+        "HOME": os.environ.get("HOME", "/root"),
+        "CPMIW_SIP_ADDR": "127.0.0.1",
+        "CPMIW_SIP_PORT": str(port),
+        "CPMIW_WORKERS": str(WORKERS),
+        "CPMIW_SHM_MB": str(SHM_MB),
+        "CPMIW_METRICS_PORT": str(metrics),
+        "CPMIW_METRICS_DIR": str(lab.dir / f"metrics-{port}"),
+        "CPMIW_RPC_SOCKET": str(lab.dir / f"rpc-{port}.sock"),
+        "CPMIW_DOMAINS": "ims.example.net",
+        "CPMIW_REDIS_URL": redis_url,
+        "CPMIW_VENV": str(REPO / ".venv"),
+        **env,
+    }
+    process = lab.spawn(
+        [str(REPO / "deploy" / "cpmiw-kamailio")], f"kamailio-product-{port}.log", full_env
+    )
+    return _started(lab, "product", port, process, metrics)
+
+
+def start_native(lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0) -> Kamailio:
+    """Kamailio with one of bench/native-*.cfg."""
+    port = free_port()
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "BENCH_SIP_PORT": str(port),
+        "BENCH_WORKERS": str(WORKERS),
+        "BENCH_UAS": f"sip:{uas[0]}:{uas[1]}",
+        "BENCH_REDIS_PORT": str(redis_port),
+    }
+    args = ["kamailio", "-f", str(BENCH / cfg), "-DD", "-E", "-m", str(SHM_MB), "-M", "16"]
+    process = lab.spawn(args, f"kamailio-{cfg}-{port}.log", env)
+    return _started(lab, cfg.removesuffix(".cfg"), port, process)
+
+
+@dataclass
+class SippResult:
+    rate: int
+    calls: int  # offered: rate x seconds
+    successful: int
+    failed: int
+    seconds: float
+    counts: dict[str, int] = field(default_factory=dict)  # per scenario message (-trace_counts)
+
+    @property
+    def success(self) -> float:
+        return self.successful / self.calls if self.calls else 0.0
+
+
+def uas(lab: Lab, scenario: str, host: str = UAS_HOST, port: int = 0) -> tuple[Process, int]:
+    """A sipp UAS playing the recipients' devices (or an AS) with `scenario`."""
+    port = port or free_port(host)
+    args = ["sipp", "-sf", str(SCENARIOS / scenario), "-i", host, "-p", str(port), "-nostdin"]
+    args += ["-buff_size", "4194304", "-max_recv_loops", "10000"]
+    return lab.spawn(args, f"uas-{scenario}-{port}.log"), port
+
+
+class Uac:
+    """A sipp UAC offering `rate` calls/s for `seconds`, from the recipients file in order."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        scenario: str,
+        proxy: tuple[str, int],
+        recipients: Path,
+        rate: int,
+        seconds: float,
+        *,
+        tag: str = "",
+    ) -> None:
+        self.lab, self.scenario, self.rate = lab, scenario, rate
+        self.calls = int(rate * seconds)
+        name = f"uac-{scenario.removesuffix('.xml')}-{rate}{tag}-{time.monotonic_ns()}"
+        self.stats = lab.dir / f"{name}.csv"
+        args = [
+            "sipp", f"{proxy[0]}:{proxy[1]}", "-sf", str(SCENARIOS / scenario),
+            "-inf", str(recipients), "-i", "127.0.0.1", "-p", str(free_port()),
+            "-r", str(rate), "-rp", "1000", "-m", str(self.calls),
+            "-l", str(max(rate * 4, 1000)), "-nostdin", "-buff_size", "4194304",
+            "-max_recv_loops", "10000", "-recv_timeout", "8000",
+            "-timeout", str(int(seconds + 30)),
+            "-trace_stat", "-stf", str(self.stats), "-fd", "1", "-trace_counts",
+        ]  # fmt: skip
+        self.started = time.monotonic()
+        self.process = lab.spawn(args, f"{name}.log")
+
+    def wait(self) -> SippResult:
+        """Waits until every call ended (answered, failed or timed out); counts them."""
+        self.process.popen.wait()
+        took = time.monotonic() - self.started
+        if not self.stats.exists():
+            log = self.process.log.read_text()[-2000:]
+            raise RuntimeError(f"sipp wrote no statistics:\n{log}")
+        header, *_, last = self.stats.read_text().splitlines()
+        row = dict(zip(header.split(";"), last.split(";"), strict=False))
+        return SippResult(
+            self.rate,
+            self.calls,
+            int(row["SuccessfulCall(C)"]),
+            int(row["FailedCall(C)"]),
+            took,
+            _counts(self.lab.dir, self.scenario, self.process.pid),
+        )
+
+
+def _counts(directory: Path, scenario: str, pid: int) -> dict[str, int]:
+    """Messages received per scenario step, from sipp's -trace_counts file (last line)."""
+    path = directory / f"{scenario.removesuffix('.xml')}_{pid}_counts.csv"
+    if not path.exists():
+        return {}
+    header, *_, last = path.read_text().splitlines()
+    return {
+        name: int(value)
+        for name, value in zip(header.split(";"), last.split(";"), strict=False)
+        if value.isdigit()
+    }
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU time (ns) and memory (KB) of one process at one moment."""
+
+    cpu_ns: int
+    rss_kb: int
+    anon_kb: int  # private memory: Python objects, pkg memory; not the shared SHM
+
+
+def usage(pid: int) -> Usage:
+    cpu = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return Usage(cpu, int(status["VmRSS"].split()[0]), int(status["RssAnon"].split()[0]))

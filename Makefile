@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both install what they need.
-.PHONY: setup run test lint types
+.PHONY: setup run test lint types bench
 
 setup:
 	deploy/setup
@@ -15,3 +15,7 @@ lint: setup
 
 types: setup
 	.venv/bin/tox -e types
+
+# On demand, not part of `make test`: ~15 minutes of load on both cores (bench/README.md).
+bench: setup
+	bench/run

@@ -238,7 +238,7 @@ def start_native(lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0) 
         "BENCH_SIP_PORT": str(port),
         "BENCH_WORKERS": str(WORKERS),
         "BENCH_UAS": f"sip:{uas[0]}:{uas[1]}",
-        "BENCH_REDIS_PORT": str(redis_port),
+        "BENCH_REDIS_SERVER": f"name=profiles;addr=127.0.0.1;port={redis_port}",
     }
     args = ["kamailio", "-f", str(BENCH / cfg), "-DD", "-E", "-m", str(SHM_MB), "-M", "16"]
     process = lab.spawn(args, f"kamailio-{cfg}-{port}.log", env)

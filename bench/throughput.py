@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import time
@@ -31,8 +32,19 @@ import redis
 
 from bench import population
 from bench.capture import Capture, Latency, latency
-from bench.lab import BENCH, UAS_HOST, Kamailio, Lab, Uac, free_port, start_native
-from bench.lab import start_product, uas, usage
+from bench.lab import (
+    BENCH,
+    UAS_HOST,
+    Kamailio,
+    Lab,
+    Uac,
+    free_port,
+    start_native,
+    start_product,
+    uas,
+    usage,
+)
+from cpmiw.settings import load_settings
 from cpmiw.store import ProfileStore, connect
 
 RESULTS = BENCH / "results"
@@ -120,7 +132,9 @@ def measured_run(
     return Measurement(rate, result.calls, result.successful, lat, round(per_call, 1), workers)
 
 
-def climb(lab: Lab, kamailio: Kamailio, scenario: Scenario, recipients: Path, seconds: float) -> ConfigResult:
+def climb(
+    lab: Lab, kamailio: Kamailio, scenario: Scenario, recipients: Path, seconds: float
+) -> ConfigResult:
     """The highest offered rate that completes >= 99.9 % of its calls, to within 5 %."""
     found = ConfigResult()
     ok, failed, rate = 0, 0, scenario.first_rate
@@ -141,13 +155,143 @@ def climb(lab: Lab, kamailio: Kamailio, scenario: Scenario, recipients: Path, se
             rate = (ok + failed) // 2 // 50 * 50
 
 
+def start(lab: Lab, config: str, redis_port: int, device: tuple[str, int]) -> Kamailio:
+    if config == "product":
+        return start_product(lab, f"redis://127.0.0.1:{redis_port}/0")
+    return start_native(lab, f"{config}.cfg", device, redis_port)
+
+
 def bench_config(
     lab: Lab,
     config: str,
-    redis_server: ...,
-    device: tuple[str, int],
+    redis_port: int,
     recipients: Path,
     options: argparse.Namespace,
     common: dict[str, int],
 ) -> dict[str, ConfigResult]:
-    ...
+    """Every scenario through one configuration; sets the common rates when first called."""
+    device = (UAS_HOST, free_port(UAS_HOST))
+    kamailio = start(lab, config, redis_port, device)
+    if config != "native-relay":
+        started = time.monotonic()
+        registered = population.register(kamailio.address, range(options.profiles), device)
+        print(f"  {registered} devices registered in {time.monotonic() - started:.1f} s")
+    results = {}
+    for name, scenario in SCENARIOS.items():
+        print(f"  {config} {name}", flush=True)
+        device_process, _ = uas(lab, scenario.uas, *device)
+        Uac(lab, scenario.uac, kamailio.address, recipients, 1000, 3, tag="warm").wait()
+        result = climb(lab, kamailio, scenario, recipients, options.step_seconds)
+        rate = common.setdefault(name, max(result.max_rate // 2 // 100 * 100, 100))
+        window = (1.0, options.step_seconds - 1.0)
+        result.common = measured_run(
+            lab, kamailio, scenario, recipients, rate, options.step_seconds, window
+        )
+        print(f"    common {rate}/s: {result.common.latency}", flush=True)
+        device_process.stop()
+        results[name] = result
+    kamailio.process.stop()
+    return results
+
+
+def memory(lab: Lab, options: argparse.Namespace) -> dict[str, object]:
+    """The product's worker memory under traffic spread evenly over many profiles."""
+    count, rate, seconds = options.memory_profiles, options.memory_rate, options.memory_seconds
+    server = lab.redis()
+    store = ProfileStore(connect(server.url, 10.0))
+    took = population.load(store, redis.Redis(port=server.port), count, native=False)
+    print(f"  {count} profiles loaded in {took:.0f} s", flush=True)
+    kamailio = start_product(lab, server.url)
+    rng = random.Random(7)
+    draws = (rng.randrange(count) for _ in range(int(rate * seconds) + 1000))
+    recipients = population.injection_file(lab.dir / "uniform.csv", draws)
+    pids = kamailio.processes()
+    run = Uac(lab, "uac-message-any.xml", kamailio.address, recipients, rate, seconds)
+    samples = []
+    started = time.monotonic()
+    while run.process.alive():
+        samples.append((time.monotonic() - started, {pid: usage(pid) for pid in pids}))
+        time.sleep(5)
+    result = run.wait()
+    first, last = samples[0][1], samples[-1][1]
+    workers = sorted(pids, key=lambda p: last[p].cpu_ns - first[p].cpu_ns, reverse=True)[:2]
+    kamailio.process.stop()
+    return {
+        "profiles": count,
+        "load_seconds": round(took, 1),
+        "rate": rate,
+        "calls": result.calls,
+        "answered": result.successful,
+        "cache_entries": load_settings({}).cache_entries,
+        "samples": [
+            {
+                "t": round(at, 1),
+                "private_mb": [round(u[p].anon_kb / 1024, 1) for p in workers],
+                "rss_mb": [round(u[p].rss_kb / 1024, 1) for p in workers],
+            }
+            for at, u in samples
+        ],
+    }
+
+
+def _json(value: object) -> object:
+    """Dataclasses as dictionaries, with the success ratio of each measurement spelled out."""
+    if isinstance(value, Measurement):
+        return {**asdict(value), "success": round(value.success, 5)}
+    if isinstance(value, ConfigResult):
+        return {
+            "max_rate": value.max_rate,
+            "steps": [_json(s) for s in value.steps],
+            "common": _json(value.common),
+        }
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    return value
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
+    parser.add_argument("--profiles", type=int, default=100_000)
+    parser.add_argument("--skew", type=float, default=1.0, help="Zipf exponent of recipients")
+    parser.add_argument("--step-seconds", type=float, default=8.0)
+    parser.add_argument("--memory-profiles", type=int, default=1_000_000, help="0: skip")
+    parser.add_argument("--memory-rate", type=int, default=2500)
+    parser.add_argument("--memory-seconds", type=float, default=75.0)
+    options = parser.parse_args(argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: dict[str, object] = {
+        "stamp": stamp,
+        "options": vars(options),
+        "machine": {
+            "kernel": platform.release(),
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+        },
+    }
+    started = time.monotonic()
+    with Lab() as lab:
+        server = lab.redis()
+        store = ProfileStore(connect(server.url, 10.0))
+        took = population.load(store, redis.Redis(port=server.port), options.profiles)
+        print(f"{options.profiles} profiles loaded in {took:.1f} s", flush=True)
+        draws = population.zipf_recipients(options.profiles, 300_000, options.skew)
+        recipients = population.injection_file(lab.dir / "zipf.csv", draws)
+        common: dict[str, int] = {}
+        configs = {}
+        for config in CONFIGS:
+            configs[config] = bench_config(lab, config, server.port, recipients, options, common)
+        results["configs"] = _json(configs)
+        results["common_rates"] = common
+        if options.memory_profiles:
+            print("memory with many profiles", flush=True)
+            results["memory"] = memory(lab, options)
+    results["seconds"] = round(time.monotonic() - started)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"throughput-{stamp}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(f"results: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

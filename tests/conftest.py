@@ -145,6 +145,22 @@ class CountingStore(ProfileStore):
         return super().changes(cursor, limit)
 
 
+class ManualClock:
+    """A clock that moves only when told to; starts at a power of two, so that sums of
+    power-of-two steps stay exact."""
+
+    START = 1024.0
+
+    def __init__(self) -> None:
+        self.now = self.START
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
 def store(redis_server: RedisServer) -> ProfileStore:
     return ProfileStore(connect(redis_server.url, timeout=1.0))

@@ -27,6 +27,7 @@ from test_explain import route_through_proxy
 from conftest import DOMAIN, Network, RedisServer
 from cpmiw import profile as profile_model
 from cpmiw.cli import main
+from cpmiw.settings import load_settings
 from cpmiw.sipnet import Peer, SipMessage
 from cpmiw.testing import make_profile
 
@@ -55,7 +56,8 @@ class Cli:
         return result
 
     def stored_keys(self) -> list[bytes]:
-        return sorted(self.client.keys("cpmiw:1:profile:*") + self.client.keys("cpmiw:1:alias:*"))
+        keys = [*self.client.keys("cpmiw:1:profile:*"), *self.client.keys("cpmiw:1:alias:*")]
+        return sorted(key if isinstance(key, bytes) else key.encode() for key in keys)
 
 
 @pytest.fixture
@@ -408,8 +410,8 @@ def test_bulk_csv_import_of_100k_subscribers(redis_server: RedisServer, tmp_path
 # ---- live change through Kamailio ----------------------------------------------------------------
 
 # README, "Operations": a change is applied by every worker to each request that arrives
-# CPMIW_CACHE_POLL_MS (default 5 ms) or more after the write; the settings of the test proxy.
-CHANGE_BOUND = 0.005
+# CPMIW_CACHE_POLL_MS (default 5 ms) or more after the write; the test proxy runs the default.
+CHANGE_BOUND = load_settings({}).cache_poll
 
 
 def _message(caller: Peer, uri: str) -> SipMessage:

@@ -169,6 +169,7 @@ def test_counters_move_by_exactly_the_traffic_sent(metered: Network) -> None:
     assert ("error",) not in lookups and lookups.get(("miss",), 0) >= 1
     assert moved(before, after, "cpmiw_redis_seconds_count")[()] >= lookups[("miss",)]
     assert moved(before, after, "cpmiw_redis_errors_total") == {}
+    assert after["cpmiw_shadow_mode", ()] == 0
     # more than one worker process routed, and the sums include all of them
     pids = {
         m.group(1)
@@ -215,7 +216,7 @@ def test_http_answers_only_metrics_on_the_metrics_listener(metered: Network) -> 
 FORKED = """
 import os, sys
 from cpmiw import metrics
-metrics.setup(sys.argv[1])
+metrics.setup(sys.argv[1], shadow=True)
 children = []
 for method in ("MESSAGE", "FROBNICATE"):
     pid = os.fork()
@@ -249,6 +250,7 @@ def test_values_of_forked_processes_are_summed_and_labels_bounded(tmp_path: Path
     assert samples["cpmiw_redis_errors_total", ()] == 2
     assert samples["cpmiw_decision_seconds_bucket", (("le", "0.0005"),)] == 2
     assert samples["cpmiw_decision_seconds_bucket", (("le", "0.00025"),)] == 0
+    assert samples["cpmiw_shadow_mode", ()] == 1  # set in the parent, kept over the children
 
 
 def test_before_setup_reporting_is_a_no_op() -> None:

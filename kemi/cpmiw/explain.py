@@ -14,16 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .classify import ServiceHeaders, classify
-from .decision import Action, Decision
+from .decision import NOT_REGISTERED, Decision
 from .profile import Profile
 from .routing import Lookup, Plan, Request, plan
 from .rpc import Contact
 from .services import IM_TAG_FOR, SMS_CONTENT_TYPE, Family, Service, icsi_urn
 from .settings import Settings
 from .sipnet import SipMessage, split_header_list
-
-# The proxy's last step when it delivers: no registered contact for the AOR means 480.
-NOT_REGISTERED = Decision(Action.REJECT, "not-registered", 480, "Temporarily Unavailable")
 
 # The registered contacts of an AOR, as the running proxy knows them; None when unknown.
 Contacts = Callable[[str], list[Contact]]
@@ -196,7 +193,7 @@ def explain(
     routing = plan(request, settings, lookup, registrations, time.time())
     decision = routing.decision
     if routing.aor is not None and not settings.shadow and not registrations(routing.aor):
-        decision = NOT_REGISTERED
+        decision = NOT_REGISTERED  # the adapter's last step: nobody to deliver to
     aor = routing.aor or (routing.profile.registration_aor if routing.profile else None)
     shown = None if contacts is None else registered(aor) if aor else []
     return Explanation(request, routing, decision, shown, contacts_error, settings.shadow)

@@ -20,12 +20,20 @@ from . import conversation, marker, metrics
 from .cache import CachedProfiles
 from .classify import ServiceHeaders, registered_contacts
 from .conversation import Conversation, ConversationStore
-from .decision import Action, Decision
+from .decision import NOT_REGISTERED, Action, Decision
 from .identity import IdentityError, canonical
 from .profile import ProfileError
 from .rewrite import rewrite_feature_header, rewrite_service_header
 from .routing import Plan, Request, StoreError, plan
-from .services import ICSI_FEATURE, Family, Service, icsi_urn
+from .services import (
+    DEVICE_TABLE,
+    ICSI_FEATURE,
+    Family,
+    Service,
+    families_of_text,
+    families_text,
+    icsi_urn,
+)
 from .settings import Settings, load_settings
 from .store import ProfileStore, connect
 
@@ -36,9 +44,6 @@ REWRITERS = {
     "P-Preferred-Service": rewrite_service_header,
     "P-Asserted-Service": rewrite_service_header,
 }
-NOT_REGISTERED = Decision(Action.REJECT, "not-registered", 480, "Temporarily Unavailable")
-# htable (kamailio.cfg) holding, per registered contact URI, the families its device takes.
-CAPABILITIES = "caps"
 # htable (kamailio.cfg) of the AS markers already honoured, kept longer than a marker lives.
 MARKERS = "markers"
 CONVERSATION_HEADERS = (
@@ -174,8 +179,8 @@ class Router:
         try:
             devices = []
             for index in range(int(_pv("$ulc(cpmiw=>count)") or 0)):
-                tags = KSR.htable.sht_get(CAPABILITIES, _pv(f"$(ulc(cpmiw=>addr)[{index}])"))
-                devices.append(frozenset(Family(tag) for tag in str(tags or "").split(",") if tag))
+                tags = KSR.htable.sht_get(DEVICE_TABLE, _pv(f"$(ulc(cpmiw=>addr)[{index}])"))
+                devices.append(families_of_text(str(tags or "")))
             return devices
         finally:
             KSR.registrar.reg_free_contacts("cpmiw")
@@ -184,8 +189,7 @@ class Router:
         """After a REGISTER was saved: remembers what each contact's device can take."""
         try:
             for uri, families in registered_contacts(_all("Contact")):
-                tags = ",".join(sorted(family.value for family in families))
-                KSR.htable.sht_sets(CAPABILITIES, uri, tags)
+                KSR.htable.sht_sets(DEVICE_TABLE, uri, families_text(families))
         except Exception:
             error = traceback.format_exc()
             KSR.err(f"cpmiw: registration tags not kept call-id={_pv('$ci')}: {error}\n")
@@ -350,5 +354,6 @@ def mod_init() -> Router:
     """Called once by app_python3 in Kamailio's main process, before it forks the workers."""
     if sys.prefix != "/usr":
         KSR.err(f"cpmiw: embedded Python runs with sys.prefix={sys.prefix}, expected /usr\n")
-    metrics.setup()
-    return Router(load_settings())
+    settings = load_settings()
+    metrics.setup(shadow=settings.shadow)
+    return Router(settings)

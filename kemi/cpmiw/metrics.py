@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
 DEFAULT_DIR = "/run/cpmiw-metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -46,16 +46,19 @@ class _Metrics:
     redis_errors: Counter
     redis_seconds: Histogram
     decision_seconds: Histogram
+    shadow: Gauge
 
 
 _metrics: _Metrics | None = None
 
 
-def setup(directory: str | None = None) -> None:
+def setup(directory: str | None = None, *, shadow: bool = False) -> None:
     """Called once in Kamailio's main process before the workers fork.
 
     `directory` defaults to CPMIW_METRICS_DIR, else /run/cpmiw-metrics. Only the library's own
     `*.db` files are removed from it, so a misconfigured path cannot wipe anything else.
+    `shadow` is published as a gauge: in shadow mode the outcomes counted are the ones the proxy
+    would have applied, and the alerts on rejects stay quiet.
     """
     global _metrics  # noqa: PLW0603  (one set of metrics per process, built once)
     path = Path(directory or os.environ.get("CPMIW_METRICS_DIR") or DEFAULT_DIR)
@@ -64,10 +67,11 @@ def setup(directory: str | None = None) -> None:
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     _metrics = _build()
+    _metrics.shadow.set(1 if shadow else 0)
 
 
 def _build() -> _Metrics:
-    from prometheus_client import Counter, Histogram  # noqa: PLC0415  (after the env is set)
+    from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415  (env set first)
 
     return _Metrics(
         requests=Counter(
@@ -108,6 +112,12 @@ def _build() -> _Metrics:
             "cpmiw_decision_seconds",
             "Time the plugin takes to route one initial request, look-up included.",
             buckets=LATENCY_BUCKETS,
+        ),
+        # Set once in the main process, which outlives the workers: "max" over the processes.
+        shadow=Gauge(
+            "cpmiw_shadow_mode",
+            "1 when the proxy runs in shadow mode (CPMIW_SHADOW=on): decides, delivers unchanged.",
+            multiprocess_mode="max",
         ),
     )
 

@@ -96,8 +96,7 @@ def plan(
     headers = replace(request.headers, asserted_service="") if untrusted else request.headers
     service = classify(headers)
     token, warnings = _returning_from_as(request, settings, now)
-    returning = token is not None
-    if returning:
+    if token is not None:
         # Delivered with the tag the recipient understands, never handed to an AS again.
         rule, use_as = "returned-from-as", False
     elif not request.ruri.lower().startswith("tel:") and request.host not in settings.domains:
@@ -109,33 +108,50 @@ def plan(
         rule = "" if use_as else "as-failed-continue"
     try:
         identity = canonical(request.ruri)
+        profile = lookup(identity)
     except IdentityError:
         return Plan(service, NOT_A_SUBSCRIBER, warnings=warnings, untrusted=untrusted)
-    try:
-        profile = lookup(identity)
     except (StoreError, ProfileError) as error:
-        warnings += (f"profile of {identity} unavailable: {error}",)
-        if settings.deliver_on_profile_error or service is Service.NONE or returning:
-            decision = Decision(Action.DELIVER, "profile-unavailable-deliver")
-        else:
-            decision = PROFILE_UNAVAILABLE
-        return Plan(service, decision, identity, warnings=warnings, untrusted=untrusted)
+        lenient = settings.deliver_on_profile_error or service is Service.NONE or token is not None
+        decision = Decision(Action.DELIVER, "profile-unavailable-deliver")
+        return Plan(
+            service,
+            decision if lenient else PROFILE_UNAVAILABLE,
+            identity,
+            warnings=(*warnings, f"profile of {identity} unavailable: {error}"),
+            untrusted=untrusted,
+        )
     devices = None
     if profile is not None and not profile.barred and service.family is not None:
         devices = registrations(profile.registration_aor)
+    decision = _decide(request, service, profile, devices, settings, use_as=use_as, rule=rule)
+    return Plan(service, decision, identity, profile, devices, warnings, untrusted, token)
+
+
+def _decide(
+    request: Request,
+    service: Service,
+    profile: Profile | None,
+    devices: Devices,
+    settings: Settings,
+    *,
+    use_as: bool,
+    rule: str,
+) -> Decision:
+    """The decision, with `rule` (when given) naming why it was reached."""
+    answer = None
     if request.method == "OPTIONS" and profile is not None and settings.answer_options:
-        decision = answer_options(profile, settings.policy) or decide(
-            service, profile, settings.policy
-        )
-    else:
-        decision = decide(service, profile, settings.policy, devices, use_as=use_as)
-        if decision.target is not None and host_of(decision.target) == request.source:
-            # Sent by that very AS: not back to it, but to the recipient.
-            rule = "from-as"
-            decision = decide(service, profile, settings.policy, devices, use_as=False)
+        answer = answer_options(profile, settings.policy)
+    if answer is not None:
+        return answer
+    decision = decide(service, profile, settings.policy, devices, use_as=use_as)
+    if decision.target is not None and host_of(decision.target) == request.source:
+        # Sent by that very AS: not back to it, but to the recipient.
+        rule = "from-as"
+        decision = decide(service, profile, settings.policy, devices, use_as=False)
     if rule and decision.action is not Action.REJECT:
         decision = replace(decision, rule=rule)
-    return Plan(service, decision, identity, profile, devices, warnings, untrusted, token)
+    return decision
 
 
 def answer_options(profile: Profile, policy: Policy) -> Decision | None:

@@ -18,11 +18,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from .services import Family
+from .services import DEVICE_TABLE, Family, families_of_text
 
-# The htable (kamailio.cfg) in which the plugin keeps, per registered contact URI, the families
-# its device registered (comma-separated values of Family); the adapter writes it at REGISTER.
-CAPABILITIES = "caps"
 _MAX_DATAGRAM = 1 << 20
 # Kamailio 5.6 answers "not found" with code 500: only the messages tell it from a failure.
 _NO_AOR = "AOR not found"
@@ -102,10 +99,10 @@ class KamailioRpc:
 
     def _families(self, uri: str) -> frozenset[Family]:
         try:
-            item = self.call("htable.get", CAPABILITIES, uri)
+            item = self.call("htable.get", DEVICE_TABLE, uri)
         except RpcError as error:
             if _NO_KEY in str(error):  # the device registered no tags the plugin kept
                 return frozenset()
             raise
         value = item.get("item", {}).get("value", "") if isinstance(item, dict) else ""
-        return frozenset(Family(tag) for tag in str(value).split(",") if tag)
+        return families_of_text(str(value))

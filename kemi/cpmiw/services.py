@@ -87,3 +87,17 @@ IM_TAG_FOR: dict[Service, str] = {
 def icsi_urn(service: Service) -> str:
     """The plain ICSI URN of a CPM service, as in P-Preferred-Service."""
     return ICSI_PREFIX + ICSI_BY_CPM[service]
+
+
+# Where Kamailio keeps what each registered device takes: htable `caps` (kamailio.cfg), keyed by
+# contact URI, valued by the family names joined by commas. Written by the adapter at REGISTER,
+# read by it for routing and by `cpmiw explain` over RPC.
+DEVICE_TABLE = "caps"
+
+
+def families_text(families: frozenset[Family]) -> str:
+    return ",".join(sorted(family.value for family in families))
+
+
+def families_of_text(text: str) -> frozenset[Family]:
+    return frozenset(Family(name) for name in text.split(",") if name)

@@ -6,14 +6,16 @@ Key layout (format 1, see README):
     cpmiw:1:alias:<identity>       <subscriber>, one key per canonical identity (itself included)
 
     cpmiw:1:changes                stream of changes, one entry per write: the identities touched
+    cpmiw:1:version                counter, incremented by every write
     cpmiw:1:epoch                  random token set by the first write into an empty database
 
 A look-up is one round trip (a server-side script follows the alias). Writes go through
 MULTI/EXEC so a reader never sees a profile without its aliases or the other way round, and the
 same transaction appends the identities it touched to the change stream: that is how the
 per-worker caches (cache.py) learn what to forget, since Redis 7.0 has no client-side caching
-for redis-py. An epoch that differs from the one a worker knows means the data set was replaced
-(a Redis restarted without persistence, a FLUSHALL): the worker forgets everything.
+for redis-py. Workers watch epoch and version (`ChangeSignal`, an MGET pipelined on a connection
+of its own) and read the stream only when they moved. An epoch that differs from the one a worker
+knows means the data set was replaced (a Redis restarted empty, a FLUSHALL): it forgets everything.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ PROFILE = PREFIX + "profile:"
 ALIAS = PREFIX + "alias:"
 CHANGES = PREFIX + "changes"
 EPOCH = PREFIX + "epoch"
+VERSION = PREFIX + "version"
 EVERYTHING = "*"  # a change entry that invalidates every cached identity (bulk writes)
 BULK = 256  # a write touching more identities than this invalidates everything
 CHANGES_KEPT = 10_000  # approximate length of the change stream
@@ -43,16 +46,17 @@ if not subscriber then return false end
 return redis.call('GET', '{PROFILE}' .. subscriber)
 """
 
-# One round trip per poll. Returns the epoch, the stream's first and last entry ids, and the
-# entries after the cursor (at most ARGV[2]); nothing but the ids when the cursor is the last id.
+# One round trip per poll. Returns the epoch, the version, the stream's first and last entry
+# ids, and the entries after the cursor (at most ARGV[2]); no entries when the cursor is the last.
 _CHANGES_SINCE = """
 local epoch = redis.call('GET', KEYS[2]) or ''
+local version = redis.call('GET', KEYS[3]) or ''
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local last_id = last and last[1] or '0-0'
-if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, last_id, last_id, {}} end
+if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, version, last_id, last_id, {}} end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-return {epoch, first and first[1] or '0-0', last_id, entries}
+return {epoch, version, first and first[1] or '0-0', last_id, entries}
 """
 
 
@@ -61,6 +65,7 @@ class Changes:
     """What changed since a cursor: `identities` None means everything may have changed."""
 
     epoch: str
+    stamp: str  # epoch and version counter as read with the entries (see ChangeSignal)
     cursor: str  # the id of the last change entry seen; pass it to the next poll
     identities: frozenset[str] | None
 
@@ -138,29 +143,86 @@ class ProfileStore:
         entries are pending, or when an entry says so (a bulk write). Raises StoreError.
         """
         try:
-            epoch, first, last, entries = self._changes_since(
-                keys=[CHANGES, EPOCH], args=[cursor or "", limit]
+            epoch, version, first, last, entries = self._changes_since(
+                keys=[CHANGES, EPOCH, VERSION], args=[cursor or "", limit]
             )
         except redis.RedisError as error:
             raise StoreError(f"redis: {error}") from error
         epoch, last = _text(epoch), _text(last)
+        stamp = _stamp(epoch, version)
         if cursor is None or cursor == last:
-            return Changes(epoch, last, frozenset())
+            return Changes(epoch, stamp, last, frozenset())
         ids = [_text(entry_id) for entry_id, _ in entries]
         # An entry after the cursor trimmed away, or the stream deleted: anything may be lost.
         trimmed = cursor != "0-0" and _stream_id(_text(first)) > _stream_id(cursor)
         behind = trimmed or last == "0-0"
         if behind or not ids or ids[-1] != last:
-            return Changes(epoch, last, None)  # trimmed, deleted, or too far behind
+            return Changes(epoch, stamp, last, None)  # trimmed, deleted, or too far behind
         touched = {_text(f) for _, fields in entries for f in fields[::2]}
-        return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
+        everything = EVERYTHING in touched
+        return Changes(epoch, stamp, last, None if everything else frozenset(touched))
+
+    def signal(self) -> ChangeSignal:
+        """A watcher of the version counter on a connection of its own (one per worker)."""
+        return ChangeSignal(self._client)
 
 
 def _record_change(tx: redis.client.Pipeline, identities: set[str] | frozenset[str]) -> None:
     """Appends one change entry to the transaction; each identity is a field name."""
     fields = dict.fromkeys(identities if len(identities) <= BULK else [EVERYTHING], "")
     tx.set(EPOCH, secrets.token_hex(8), nx=True)
+    tx.incr(VERSION)
     tx.xadd(CHANGES, fields, maxlen=CHANGES_KEPT, approximate=True)  # type: ignore[arg-type]
+
+
+class ChangeSignal:
+    """Has anything changed? An MGET of epoch and version counter, sent now and read later.
+
+    Both, because a wiped Redis counts its versions from 1 again.
+
+    The reply is read when it has arrived, on a later request, so that a worker under load never
+    waits for it; `receive` blocks (at most the client's socket timeout) only when the caller
+    needs the answer now. Raises StoreError; the connection is then dropped and reopened later.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        pool = client.connection_pool
+        self._connection = pool.connection_class(**pool.connection_kwargs)
+        self._mget = self._connection.pack_command("MGET", EPOCH, VERSION)
+        self.sent_at: float | None = None  # when the MGET in flight was sent
+
+    def send(self, now: float) -> None:
+        try:
+            self._connection.send_packed_command(self._mget, check_health=False)
+        except redis.RedisError as error:
+            self.reset()
+            raise StoreError(f"redis: {error}") from error
+        self.sent_at = now
+
+    def arrived(self) -> bool:
+        try:
+            return bool(self._connection.can_read(timeout=0))
+        except redis.RedisError as error:
+            self.reset()
+            raise StoreError(f"redis: {error}") from error
+
+    def receive(self) -> str:
+        """The stamp (epoch and version) the MGET in flight read; compare with Changes.stamp."""
+        try:
+            epoch, version = self._connection.read_response()
+        except (redis.RedisError, ValueError) as error:
+            self.reset()
+            raise StoreError(f"redis: {error}") from error
+        self.sent_at = None
+        return _stamp(_text(epoch or b""), version)
+
+    def reset(self) -> None:
+        self._connection.disconnect()
+        self.sent_at = None
+
+
+def _stamp(epoch: str, version: bytes | str | None) -> str:
+    return f"{epoch}/{_text(version or b'')}"
 
 
 def _text(value: bytes | str) -> str:

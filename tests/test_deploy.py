@@ -1,0 +1,203 @@
+"""deploy/: alert rules checked and unit-tested by promtool, and the units, the environment file,
+the dashboard and the compose stack checked against each other and against the plugin's real
+metric names, so that none of them can drift from the code unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cpmiw.cli_base import read_env_file
+from cpmiw.decision import Action
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "cpmiw-dashboard.json"
+METRIC = re.compile(r"\bcpmiw_[a-z_]+\b")
+
+# Every metric with a sample, in one process after setup(): the exposition Prometheus scrapes.
+EXPOSITION = """
+import sys
+from cpmiw import metrics
+metrics.setup(sys.argv[1])
+metrics.observe_decision("MESSAGE", "cpm.msg", "reject", "barred", 403, 0.001)
+metrics.count_as_failure("continue")
+metrics.count_lookup("hit")
+metrics.observe_redis(0.001, True)
+sys.stdout.write(metrics.render()[1].decode())
+"""
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "rules", "cpmiw-alerts.yml"),
+        ("test", "rules", "cpmiw-alerts.test.yml"),
+        ("check", "config", "prometheus.yml"),
+    ],
+    ids=" ".join,
+)
+def test_promtool(args: tuple[str, ...]) -> None:
+    result = promtool(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Sample names of the plugin's exposition (counters with _total, histograms' series)."""
+    directory = tmp_path_factory.mktemp("metrics")
+    text = subprocess.run(
+        [sys.executable, "-c", EXPOSITION, str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        line.split("{")[0].split()[0] for line in text.splitlines() if line.startswith("cpmiw_")
+    }
+
+
+def _rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load((PROMETHEUS / "cpmiw-alerts.yml").read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_alerts_and_dashboard_use_only_metrics_the_plugin_exposes(exposed: set[str]) -> None:
+    exprs = [rule["expr"] for rule in _rules()] + _dashboard_exprs()
+    used = {name for expr in exprs for name in METRIC.findall(expr)}
+    assert used <= exposed, used - exposed
+    assert {
+        "cpmiw_requests_total",
+        "cpmiw_rejects_total",
+        "cpmiw_redis_errors_total",
+        "cpmiw_as_default_handling_total",
+    } <= used
+    outcomes = {value for expr in exprs for value in re.findall(r'outcome=~"([^"]+)"', expr)}
+    assert {o for alternatives in outcomes for o in alternatives.split("|")} <= {
+        a.value for a in Action
+    }
+
+
+def test_alert_rules_are_named_and_annotated() -> None:
+    names = [rule["alert"] for rule in _rules()]
+    assert len(names) == len(set(names))
+    assert {
+        "CpmiwRedisUnreachable",
+        "CpmiwApplicationServerFailures",
+        "CpmiwRejectRateHigh",
+    } <= set(names)
+    for rule in _rules():
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_dashboard_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["title"] and panel["targets"], panel["id"]
+        assert all("$__rate_interval" in t["expr"] for t in panel["targets"]), panel["title"]
+
+
+def _compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return document
+
+
+def test_compose_stack_refers_to_files_that_exist() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert set(services) == {"redis", "kamailio", "prometheus", "grafana"}
+    named_volumes = set(compose["volumes"])
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name  # addresses as on a single host
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source in named_volumes or (DEPLOY / source).exists(), (name, source)
+        for dependency in service.get("depends_on", []):
+            assert dependency in services, (name, dependency)
+    build = services["kamailio"]["build"]
+    context = (DEPLOY / build["context"]).resolve()
+    dockerfile = context / build["dockerfile"]
+    assert context == REPO and dockerfile.is_file()
+    assert (DEPLOY / services["kamailio"]["env_file"]).is_file()
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (context / source).exists(), source
+
+
+def test_compose_wires_prometheus_and_grafana_to_the_repo_configs() -> None:
+    services = _compose()["services"]
+    assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "cpmiw.yml").read_text()
+    )
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    mounted = {v.split(":")[1] for v in services["grafana"]["volumes"]}
+    assert f"{dashboards_path}/cpmiw-dashboard.json" in mounted
+    scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == ["127.0.0.1:9160"]  # the launcher's default
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """systemd's own checks, on copies that run from this checkout instead of /opt/cpmiw."""
+    units = []
+    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+        copy = tmp_path / unit.name
+        copy.write_text(unit.read_text().replace("/opt/cpmiw", str(REPO)))
+        units.append(str(copy))
+    assert len(units) == 2
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_kamailio_unit_wipes_the_metrics_directory_it_gives_the_plugin() -> None:
+    unit = (DEPLOY / "systemd" / "cpmiw-kamailio.service").read_text()
+    directory = re.search(r"^Environment=CPMIW_METRICS_DIR=(\S+)$", unit, re.M)
+    assert directory is not None
+    assert f"ExecStartPre=/usr/bin/find {directory[1]} -mindepth 1 -delete" in unit
+    assert f"RuntimeDirectory=cpmiw {Path(directory[1]).name}" in unit
+    assert "EnvironmentFile=/etc/cpmiw/cpmiw.env" in unit
+
+
+def _variables(path: Path) -> set[str]:
+    return set(re.findall(r"\bCPMIW_[A-Z_]+[A-Z]\b", path.read_text()))
+
+
+def test_environment_file_lists_every_setting() -> None:
+    """The operator's template names every variable the plugin and the launcher read, except
+    the two paths the unit fixes; it parses as the CLI (and systemd) read it."""
+    env_file = DEPLOY / "cpmiw.env"
+    read = _variables(REPO / "kemi" / "cpmiw" / "settings.py") | _variables(
+        DEPLOY / "cpmiw-kamailio"
+    )
+    fixed_by_unit = {"CPMIW_METRICS_DIR", "CPMIW_RPC_SOCKET"}
+    assert _variables(env_file) == read - fixed_by_unit
+    assert read_env_file(env_file) == {}  # every line a comment: the defaults apply

@@ -1,0 +1,1 @@
+"""On-demand benchmarks of the proxy (bench/README.md); `bench/run` is the entry point."""

@@ -105,16 +105,26 @@ class Latency:
         }
 
 
-def _percentiles(values: list[float]) -> tuple[float, float]:
+def percentiles(values: list[float]) -> tuple[float, float]:
+    """p50 and p99 in ms."""
     if len(values) < 2:
         return (values[0], values[0]) if values else (float("nan"), float("nan"))
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return round(cuts[49] * 1000, 3), round(cuts[98] * 1000, 3)
 
 
-def latency(path: Path, proxy_port: int, method: str) -> Latency:
-    """Round-trip and proxy-added latency of the `method` transactions in a capture."""
+@dataclass(frozen=True)
+class Transaction:
+    started: float  # t1, kernel time
+    round_trip: float  # t4 - t1, seconds
+    added: float  # seconds the proxy added; for a request it answered itself, the round trip
+    status: int  # the final response the caller got
+
+
+def transactions(path: Path, proxy_port: int, method: str) -> list[Transaction]:
+    """Every complete `method` transaction in a capture (relayed, or answered by the proxy)."""
     times: dict[tuple[str, str], list[float | None]] = {}
+    statuses: dict[tuple[str, str], int] = {}
     for at, source, destination, payload in _packets(path):
         parsed = _transaction(payload)
         if parsed is None:
@@ -128,10 +138,22 @@ def latency(path: Path, proxy_port: int, method: str) -> Latency:
         stamps = times.setdefault((call_id, cseq), [None, None, None, None])
         if stamps[slot] is None:
             stamps[slot] = at
-    round_trips, added = [], []
-    for t1, t2, t3, t4 in times.values():
-        if t1 is None or t2 is None or t3 is None or t4 is None:
+            if slot == 3:
+                statuses[(call_id, cseq)] = status
+    found = []
+    for key, (t1, t2, t3, t4) in times.items():
+        if t1 is None or t4 is None:
             continue  # began before or ended after the capture
-        round_trips.append(t4 - t1)
-        added.append((t2 - t1) + (t4 - t3))
-    return Latency(len(added), _percentiles(round_trips), _percentiles(added))
+        added = t4 - t1 if t2 is None or t3 is None else (t2 - t1) + (t4 - t3)
+        found.append(Transaction(t1, t4 - t1, added, statuses[key]))
+    return sorted(found, key=lambda t: t.started)
+
+
+def latency(path: Path, proxy_port: int, method: str) -> Latency:
+    """Round-trip and proxy-added latency of the relayed `method` transactions in a capture."""
+    relayed = [t for t in transactions(path, proxy_port, method) if t.added < t.round_trip]
+    return Latency(
+        len(relayed),
+        percentiles([t.round_trip for t in relayed]),
+        percentiles([t.added for t in relayed]),
+    )

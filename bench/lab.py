@@ -1,16 +1,20 @@
 """The benchmark's processes on loopback: redis-server, Kamailio (product or native cfg), sipp.
 
 Everything a benchmark starts goes through a `Lab`, which stops it all on the way out, failures
-included. Addresses: the proxy on 127.0.0.1, the recipients' UAS on 127.0.0.2, the IP-SM-GW on
-127.0.0.4; ports are chosen free at run time.
+included, and removes its scratch directory unless something failed (the logs are kept then).
+Addresses: the proxy on 127.0.0.1, the recipients' UAS on 127.0.0.2, the IP-SM-GW on 127.0.0.4;
+ports are chosen free at run time.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,8 +71,9 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 class Lab:
     """A scratch directory and every process started in it; all stopped on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="cpmiw-bench-"))
+        self.keep = keep
         self._stack = ExitStack()
 
     def __enter__(self) -> Self:
@@ -78,6 +83,10 @@ class Lab:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stack.close()
+        if kind is None and not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            print(f"bench: logs kept in {self.dir}", file=sys.stderr)
 
     def spawn(self, args: list[str], log: str, env: dict[str, str] | None = None) -> Process:
         with (self.dir / log).open("ab") as out:
@@ -253,6 +262,7 @@ class SippResult:
     failed: int
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)  # per scenario message (-trace_counts)
+    failed_at: list[tuple[str, int]] = field(default_factory=list)  # (elapsed, calls failed)
 
     @property
     def success(self) -> float:
@@ -268,7 +278,11 @@ def uas(lab: Lab, scenario: str, host: str = UAS_HOST, port: int = 0) -> tuple[P
 
 
 class Uac:
-    """A sipp UAC offering `rate` calls/s for `seconds`, from the recipients file in order."""
+    """A sipp UAC offering `rate` calls/s for `seconds`, from the recipients file in order.
+
+    A call gives up after 12 s without a final response: longer than the proxy's own 10 s
+    (tm's fr_timer, then 408), so that every answer the proxy sends is counted.
+    """
 
     def __init__(
         self,
@@ -290,8 +304,8 @@ class Uac:
             "-inf", str(recipients), "-i", "127.0.0.1", "-p", str(free_port()),
             "-r", str(rate), "-rp", "1000", "-m", str(self.calls),
             "-l", str(max(rate * 4, 1000)), "-nostdin", "-buff_size", "4194304",
-            "-max_recv_loops", "10000", "-recv_timeout", "8000",
-            "-timeout", str(int(seconds + 30)),
+            "-max_recv_loops", "10000", "-recv_timeout", "12000",
+            "-timeout", str(int(seconds + 60)),
             "-trace_stat", "-stf", str(self.stats), "-fd", "1", "-trace_counts",
         ]  # fmt: skip
         self.started = time.monotonic()
@@ -304,8 +318,15 @@ class Uac:
         if not self.stats.exists():
             log = self.process.log.read_text()[-2000:]
             raise RuntimeError(f"sipp wrote no statistics:\n{log}")
-        header, *_, last = self.stats.read_text().splitlines()
-        row = dict(zip(header.split(";"), last.split(";"), strict=False))
+        header, *rows, last = self.stats.read_text().splitlines()
+        names = header.split(";")
+        row = dict(zip(names, last.split(";"), strict=False))
+        periods = [dict(zip(names, r.split(";"), strict=False)) for r in [*rows, last]]
+        failed_at = [
+            (p["ElapsedTime(C)"], int(p["FailedCall(P)"]))
+            for p in periods
+            if p.get("FailedCall(P)", "0").isdigit() and int(p["FailedCall(P)"])
+        ]
         return SippResult(
             self.rate,
             self.calls,
@@ -313,6 +334,7 @@ class Uac:
             int(row["FailedCall(C)"]),
             took,
             _counts(self.lab.dir, self.scenario, self.process.pid),
+            failed_at,
         )
 
 
@@ -344,3 +366,10 @@ def usage(pid: int) -> Usage:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     return Usage(cpu, int(status["VmRSS"].split()[0]), int(status["RssAnon"].split()[0]))
+
+
+def udp_receive_drops() -> int:
+    """Datagrams the kernel dropped for want of receive buffer (all sockets, since boot)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    header, values = next(pair for pair in itertools.pairwise(lines) if pair[0][0] == "Udp:")
+    return int(values[header.index("RcvbufErrors")])

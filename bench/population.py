@@ -2,8 +2,9 @@
 
 Subscriber i is `sip:u<i>@ims.example.net` (alias `tel:+1800<i>`). Every fifth is IM-only (the
 proxy rewrites the CPM tag to IM for it), the others CPM: both deliver to one device each, the
-recipients' UAS, registered with the matching feature tag. Recipients are drawn from a Zipf-like
-distribution (rank k has weight 1/k^s), the skew real messaging traffic has.
+recipients' UAS, registered with the matching feature tag. Subscribers from SMS_ONLY on take SMS
+only: their CPM messages go to the IP-SM-GW (the outage and soak runs). Recipients are drawn
+from a Zipf-like distribution (rank k has weight 1/k^s), the skew real messaging traffic has.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm."
 DEVICE_TAGS = {
     "cpm": f'+g.3gpp.icsi-ref="{ICSI}msg,{ICSI}session"',
     "im": "+g.oma.sip-im",
+    "sms": "+g.3gpp.smsip",
 }
+SMS_ONLY = 5_000_000
 
 
 def user(index: int) -> str:
@@ -35,6 +38,8 @@ def user(index: int) -> str:
 
 
 def kind(index: int) -> str:
+    if index >= SMS_ONLY:
+        return "sms"
     return "im" if index % 5 == 0 else "cpm"
 
 
@@ -51,10 +56,12 @@ def _batches(indices: Iterable[int], size: int) -> Iterator[list[int]]:
         yield batch
 
 
-def load(store: ProfileStore, client: redis.Redis, count: int, *, native: bool = True) -> float:
-    """Stores `count` profiles through ProfileStore.put (and the native keys); seconds taken."""
+def load(
+    store: ProfileStore, client: redis.Redis, indices: Iterable[int], *, native: bool = True
+) -> float:
+    """Stores profiles through ProfileStore.put (and the native keys); seconds taken."""
     started = time.monotonic()
-    for batch in _batches(range(count), 1000):
+    for batch in _batches(indices, 1000):
         store.put([profile(i) for i in batch])
         if native:
             client.mset({NATIVE_KEY + user(i): kind(i) for i in batch})

@@ -24,7 +24,7 @@ import redis
 
 from cpmiw.profile import Profile
 from cpmiw.sipnet import Peer, SipMessage
-from cpmiw.store import Changes, ProfileStore, connect
+from cpmiw.store import Changes, ProfileStore, Reader, connect
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"
@@ -132,16 +132,27 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 class CountingStore(ProfileStore):
-    """The real store, counting the round trips asked of it (the cache tests' witness)."""
+    """The real store, counting what the cache asks of it: profile look-ups (through its
+    readers) and stream reads. Counted on our side, so it also tells while Redis is down."""
 
-    round_trips = 0
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.client = client
+        self.lookups = 0
+        self.stream_reads = 0
 
-    def lookup(self, identity: str) -> Profile | None:
-        self.round_trips += 1
-        return super().lookup(identity)
+    def reader(self) -> Reader:
+        store = self
+
+        class CountingReader(Reader):
+            def lookup(self, identity: str) -> Profile | None:
+                store.lookups += 1
+                return super().lookup(identity)
+
+        return CountingReader(self.client)
 
     def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
-        self.round_trips += 1
+        self.stream_reads += 1
         return super().changes(cursor, limit)
 
 
@@ -199,9 +210,7 @@ class Kamailio:
         deadline = time.monotonic() + 2.0
         while True:
             lines = [
-                line
-                for line in self.log().splitlines()
-                if f"cpmiw: call-id={call_id} " in line
+                line for line in self.log().splitlines() if f"cpmiw: call-id={call_id} " in line
             ]
             if len(lines) >= count or time.monotonic() > deadline:
                 return lines

@@ -61,6 +61,8 @@ def main() -> int:
             receiver.reply(received, status, "Accepted" if status == 202 else "OK")
             final = caller.recv_response()
             print(f"    caller got: {final.status} {final.reason}")
+        for user, device in (("bob", bob), ("dave", dave)):
+            device.register(proxy, f"sip:{user}@{DOMAIN}", expires=0)
     return 0
 
 

@@ -77,21 +77,21 @@ class Router:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store: ProfileStore | None = None
+        self.profiles: CachedProfiles | None = None
         self.conversations: ConversationStore | None = None
 
     def child_init(self, rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
         client = connect(self.settings.redis_url, self.settings.redis_timeout)
-        self.store = ProfileStore(client)
         self.conversations = ConversationStore(client, self.settings.conversation_ttl)
         # Routing asks the worker's cache; Redis only on a miss (cache.py).
         self.profiles = CachedProfiles(
-            self.store,
+            ProfileStore(client),
             capacity=self.settings.cache_entries,
             poll_interval=self.settings.cache_poll,
             max_age=self.settings.cache_max_age,
             backoff=self.settings.redis_backoff,
+            timeout=self.settings.redis_timeout,
         )
         return 0
 
@@ -128,7 +128,7 @@ class Router:
         )
 
     def _plan(self, call_id: str, *, use_as: bool = True) -> Plan:
-        assert self.store is not None, "child_init opens the store"
+        assert self.profiles is not None, "child_init opens the store"
         request = Request(
             ruri=_pv("$ru"),
             headers=ServiceHeaders(
@@ -241,10 +241,10 @@ class Router:
 
     def _party(self, uri: str) -> str:
         """A party of a conversation: its subscriber id if it is ours, else its canonical URI."""
-        assert self.store is not None
+        assert self.profiles is not None
         try:
             identity = canonical(uri)
-            profile = self.store.lookup(identity)
+            profile = self.profiles.lookup(identity)
         except (IdentityError, StoreError, ProfileError):
             return uri
         return profile.subscriber if profile else identity

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import redis
 from cpmiw.profile import Profile
 from cpmiw.sipnet import Peer, SipMessage
 from cpmiw.store import Changes, ProfileStore, Reader, connect
+from cpmiw.testing import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"
@@ -34,30 +34,6 @@ CPM_PAGER = [
     ("Accept-Contact", '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'),
     ("Content-Type", "text/plain"),
 ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` (SIP listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def _wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} did not come up within {timeout} s")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -113,7 +89,7 @@ def _start_redis(port: int) -> subprocess.Popen[bytes]:
         except redis.RedisError:
             return False
 
-    _wait_until(ready, "redis-server")
+    wait_until(ready, "redis-server")
     return process
 
 
@@ -264,7 +240,7 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
                 return False
             return True
 
-        _wait_until(answers, "kamailio")
+        wait_until(answers, "kamailio")
     return kamailio
 
 

@@ -1,6 +1,10 @@
-"""Helpers for tests of code that uses cpmiw: profile builders and the recipient kinds."""
+"""Helpers for tests and benchmarks of cpmiw: profile builders, recipient kinds, free ports."""
 
 from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -35,3 +39,28 @@ RECIPIENT_KINDS: dict[str, Profile | None] = {
     "barred": make_profile("barred", "+15550000007", "cpm,im,sms", barred=True),
     "unknown": None,
 }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (SIP listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Polls `check` until it is true; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready within {timeout} s")

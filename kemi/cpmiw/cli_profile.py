@@ -367,10 +367,11 @@ def alias_add(cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool) -
 def alias_remove(cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool) -> None:
     """Take identities away from the subscriber owning URI (alias: rm)."""
     found = stored(cli, uri)
-    gone = {identity_of(a) for a in aliases}
-    for name, identity in zip(aliases, gone, strict=False):
+    named = {name: identity_of(name) for name in aliases}
+    for name, identity in named.items():
         if identity not in found.aliases:
             raise CliError(f"{name} is not an identity of {found.subscriber}", EXIT_NOT_FOUND)
+    gone = set(named.values())
     if found.subscriber in gone:
         raise CliError(
             f"{found.subscriber} is the subscriber's key (its first identity) and stays;"

@@ -199,7 +199,8 @@ class Router:
         """Carries the plan out; returns the decision as finally taken (480 if unregistered)."""
         if not failing_over:  # in failure_route these removals were made already
             # Our own route was consumed; routes preloaded by a sender are not honoured.
-            KSR.hdr.remove("Route")
+            if routing.routed:
+                KSR.hdr.remove("Route")
             if routing.untrusted and _pv("$hdr(P-Asserted-Service)"):
                 KSR.hdr.remove("P-Asserted-Service")
         decision = routing.decision

@@ -65,6 +65,7 @@ class Plan:
     warnings: tuple[str, ...] = field(default=())
     untrusted: bool = False  # sender may not assert services: drop its P-Asserted-Service
     marker: str | None = None  # the valid AS marker the request came back with
+    routed: bool = False  # the request carries Route headers (ours or preloaded): drop them
 
     @property
     def aor(self) -> str | None:
@@ -93,6 +94,7 @@ def plan(
 ) -> Plan:
     """The plan for `request`; `use_as=False` when its AS failed with default handling continue."""
     untrusted = request.source not in settings.trusted_addresses
+    routed = bool(request.route)
     headers = replace(request.headers, asserted_service="") if untrusted else request.headers
     service = classify(headers)
     token, warnings = _returning_from_as(request, settings, now)
@@ -103,14 +105,26 @@ def plan(
         decision = Decision(Action.DELIVER, ADDRESSED_TO_AS)
         if request.host not in settings.as_hosts:
             decision = FOREIGN
-        return Plan(Service.NONE, decision, warnings=warnings, untrusted=untrusted)
+        return Plan(
+            Service.NONE,
+            decision,
+            warnings=warnings,
+            untrusted=untrusted,
+            routed=routed,
+        )
     else:
         rule = "" if use_as else "as-failed-continue"
     try:
         identity = canonical(request.ruri)
         profile = lookup(identity)
     except IdentityError:
-        return Plan(service, NOT_A_SUBSCRIBER, warnings=warnings, untrusted=untrusted)
+        return Plan(
+            service,
+            NOT_A_SUBSCRIBER,
+            warnings=warnings,
+            untrusted=untrusted,
+            routed=routed,
+        )
     except (StoreError, ProfileError) as error:
         lenient = settings.deliver_on_profile_error or service is Service.NONE or token is not None
         decision = Decision(Action.DELIVER, "profile-unavailable-deliver")
@@ -120,12 +134,23 @@ def plan(
             identity,
             warnings=(*warnings, f"profile of {identity} unavailable: {error}"),
             untrusted=untrusted,
+            routed=routed,
         )
     devices = None
     if profile is not None and not profile.barred and service.family is not None:
         devices = registrations(profile.registration_aor)
     decision = _decide(request, service, profile, devices, settings, use_as=use_as, rule=rule)
-    return Plan(service, decision, identity, profile, devices, warnings, untrusted, token)
+    return Plan(
+        service,
+        decision,
+        identity,
+        profile,
+        devices,
+        warnings,
+        untrusted,
+        token,
+        bool(request.route),
+    )
 
 
 def _decide(

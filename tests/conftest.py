@@ -214,6 +214,7 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
         "CPMIW_SHM_MB": "64",
         "CPMIW_DOMAINS": DOMAIN,
         "CPMIW_VENV": sys.prefix,
+        "CPMIW_DECISION_LOG": "all",  # the tests read every decision from the log
         "HOME": os.environ.get("HOME", "/root"),
         **env,
     }

@@ -1,5 +1,5 @@
 """Prometheus metrics: summed over Kamailio's worker processes, scraped over HTTP from the live
-proxy, and moved by exactly the traffic sent.
+proxy, and moved by exactly the traffic sent; the per-process tally files, unit by unit.
 
 The integration test has a Kamailio and a Redis of its own, so that no request left over by
 another test (an AS transaction timing out, say) can move a counter while it counts.
@@ -7,14 +7,17 @@ another test (an AS transaction timing out, say) can move a counter while it cou
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import secrets
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,15 +35,18 @@ CPM_SESSION = '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.s
 STALE = 1000.0  # a counter value left by an earlier run; setup() must wipe it
 
 
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        assert answer.headers["Content-Type"] == metrics.CONTENT_TYPE
-        text = answer.read().decode()
+def parse(text: str) -> Samples:
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        assert answer.headers["Content-Type"] == metrics.CONTENT_TYPE
+        return parse(answer.read().decode())
 
 
 def moved(before: Samples, after: Samples, name: str) -> dict[tuple[str, ...], float]:
@@ -52,18 +58,31 @@ def moved(before: Samples, after: Samples, name: str) -> dict[tuple[str, ...], f
     }
 
 
+# A process of an earlier run that counted STALE requests and died without cleaning up.
+STALE_TALLY = f"""
+import sys
+from cpmiw import metrics
+metrics.setup(sys.argv[1])
+for _ in range({STALE:.0f}):
+    metrics.observe_decision("MESSAGE", "cpm.msg", "deliver", "subscribed", 0, 0.0001)
+"""
+# The same, by a version that counted with prometheus_client's multiprocess mode (*.db files).
+STALE_DB = f"""
+from prometheus_client import Counter
+Counter("cpmiw_requests", "", ["method", "service", "outcome"]).labels(
+    "MESSAGE", "cpm.msg", "deliver"
+).inc({STALE})
+"""
+
+
 def _leave_stale_file(directory: Path) -> None:
-    """What a crashed earlier run leaves: a worker's counter file, and a file that is not one."""
+    """What a crashed earlier run leaves: a worker's counter files, and a file that is not one."""
     directory.mkdir(parents=True)
-    (directory / "README").write_text("not a metrics file: stays\n")
-    script = (
-        "from prometheus_client import Counter\n"
-        "Counter('cpmiw_requests', '', ['method', 'service', 'outcome'])"
-        f".labels('MESSAGE', 'cpm.msg', 'deliver').inc({STALE})\n"
-    )
+    subprocess.run([sys.executable, "-c", STALE_TALLY, str(directory)], check=True)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True)
-    assert list(directory.glob("counter_*.db"))
+    subprocess.run([sys.executable, "-c", STALE_DB], env=env, check=True)
+    (directory / "README").write_text("not a metrics file: stays\n")
+    assert list(directory.glob("tally-*.keys")) and list(directory.glob("counter_*.db"))
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +93,15 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def metered(own_redis: RedisServer, log_dir: Path) -> Iterator[Network]:
+def metrics_dir(log_dir: Path) -> Path:
     directory = log_dir / f"metrics-stale-{secrets.token_hex(3)}"
     _leave_stale_file(directory)
-    yield from make_network(own_redis, log_dir, {"CPMIW_METRICS_DIR": str(directory)})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def metered(own_redis: RedisServer, log_dir: Path, metrics_dir: Path) -> Iterator[Network]:
+    yield from make_network(own_redis, log_dir, {"CPMIW_METRICS_DIR": str(metrics_dir)})
 
 
 def subscriber(net: Network, services: str, **fields: object) -> Profile:
@@ -94,7 +118,7 @@ def message(caller: Peer, uri: str) -> SipMessage:
     )
 
 
-def test_counters_move_by_exactly_the_traffic_sent(metered: Network) -> None:
+def test_counters_move_by_exactly_the_traffic_sent(metered: Network, metrics_dir: Path) -> None:
     net = metered
     cpm, im, sms = subscriber(net, "cpm"), subscriber(net, "im"), subscriber(net, "sms")
     barred, nothing = subscriber(net, "cpm", barred=True), subscriber(net, "")
@@ -177,6 +201,8 @@ def test_counters_move_by_exactly_the_traffic_sent(metered: Network) -> None:
         if (m := re.match(r"\s*\d+\((\d+)\) INFO: .*cpmiw: call-id=", line))
     }
     assert len(pids) >= 2, pids
+    # each of them in files of its own, not in those of the main process they were forked from
+    assert pids <= {p.name.split(".")[0].split("-")[1] for p in metrics_dir.glob("tally-*.keys")}
 
 
 def test_redis_errors_and_503_are_counted(metered: Network, own_redis: RedisServer) -> None:
@@ -195,12 +221,14 @@ def test_redis_errors_and_503_are_counted(metered: Network, own_redis: RedisServ
     assert moved(before, after, "cpmiw_rejects_total") == {("503",): 1}
 
 
-def test_metrics_directory_is_wiped_at_start_but_only_of_metrics_files(metered: Network) -> None:
+def test_metrics_directory_is_wiped_at_start_but_only_of_metrics_files(
+    metered: Network, metrics_dir: Path
+) -> None:
     samples = scrape(metered.kamailio.metrics_url)
     labels = (("method", "MESSAGE"), ("outcome", "deliver"), ("service", "cpm.msg"))
     assert samples.get(("cpmiw_requests_total", labels), 0.0) < STALE
-    log_dir = metered.kamailio.log_path.parent
-    assert [p.name for p in log_dir.glob("metrics-stale-*/README")] == ["README"]
+    assert (metrics_dir / "README").exists()
+    assert not list(metrics_dir.glob("*.db"))
 
 
 def test_http_answers_only_metrics_on_the_metrics_listener(metered: Network) -> None:
@@ -260,3 +288,164 @@ def test_before_setup_reporting_is_a_no_op() -> None:
     assert metrics.render() == (metrics.CONTENT_TYPE, b"")
     assert metrics.serve("/metrics")[0] == 200
     assert metrics.serve("/")[:2] == (404, "Not Found")
+
+
+# The tally, unit by unit: set up in this process, in a directory of the test's own.
+
+
+@pytest.fixture
+def tally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """metrics.setup() in tmp_path; the module is as it was (not set up) after the test."""
+    for name in ("_directory", "_tally", "_slots", "_view"):
+        monkeypatch.setattr(metrics, name, getattr(metrics, name))
+    metrics.setup(str(tmp_path))
+    return tmp_path
+
+
+def rendered() -> Samples:
+    content_type, body = metrics.render()
+    assert content_type == metrics.CONTENT_TYPE
+    return parse(body.decode())
+
+
+def in_child(*events: Callable[[], None]) -> int:
+    """The pid of a forked child that reported `events` and exited."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for event in events:
+                event()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    return pid
+
+
+def tally_pids(directory: Path) -> set[int]:
+    return {int(p.name.split(".")[0].split("-")[1]) for p in directory.glob("tally-*.keys")}
+
+
+HIT = ("cpmiw_profile_lookups_total", (("result", "hit"),))
+MISS = ("cpmiw_profile_lookups_total", (("result", "miss"),))
+
+
+def test_tally_sums_the_files_of_every_process(tally: Path) -> None:
+    metrics.count_lookup("hit")
+    one = in_child(lambda: metrics.count_lookup("hit"), lambda: metrics.count_lookup("miss"))
+    two = in_child(lambda: metrics.count_lookup("hit"), lambda: metrics.count_lookup("hit"))
+    samples = rendered()
+    assert (samples[HIT], samples[MISS]) == (4, 1)
+    assert tally_pids(tally) == {os.getpid(), one, two}  # the children's files outlive them
+
+
+def test_a_forked_child_counts_in_its_own_file_not_its_parents(tally: Path) -> None:
+    """The child inherits the parent's series (and slots): the fork handler makes it forget."""
+    metrics.count_lookup("hit")
+    child = in_child(lambda: metrics.count_lookup("hit"), lambda: metrics.count_lookup("hit"))
+    assert rendered()[HIT] == 3
+    by_pid = {
+        int(path.name.split(".")[0].split("-")[1]): dict(metrics._read(path))
+        for path in tally.glob("tally-*.keys")
+    }
+    assert by_pid[os.getpid()][("cpmiw_profile_lookups", "hit")] == [1.0]
+    assert by_pid[child][("cpmiw_profile_lookups", "hit")] == [2.0]
+    metrics.count_lookup("hit")  # and the parent goes on counting in its own
+    assert rendered()[HIT] == 4
+
+
+def test_histogram_buckets_are_cumulative(tally: Path) -> None:
+    for seconds in (0.00005, 0.0003, 0.0003, 1.0):  # a bound itself counts in its bucket
+        metrics.observe_redis(seconds, False)
+    in_child(lambda: metrics.observe_redis(0.002, True))
+    samples = rendered()
+    buckets = {
+        dict(labels)["le"]: value
+        for (name, labels), value in samples.items()
+        if name == "cpmiw_redis_seconds_bucket"
+    }
+    assert buckets == {
+        "5e-05": 1, "0.0001": 1, "0.00025": 1, "0.0005": 3, "0.001": 3, "0.0025": 4,
+        "0.005": 4, "0.01": 4, "0.025": 4, "0.05": 4, "0.1": 4, "0.25": 4, "+Inf": 5,
+    }  # fmt: skip
+    assert samples["cpmiw_redis_seconds_count", ()] == 5
+    assert math.isclose(samples["cpmiw_redis_seconds_sum", ()], 1.00265)
+    assert samples["cpmiw_redis_errors_total", ()] == 1
+    assert samples["cpmiw_decision_seconds_count", ()] == 0  # unlabelled: shown from the start
+    assert not any(name == "cpmiw_requests_total" for name, _ in samples)  # labelled: not yet
+
+
+def _write_tally(directory: Path, stem: str, values: dict[int, float], keys: str) -> None:
+    data = array("d", [0.0]) * metrics.SLOTS
+    for slot, value in values.items():
+        data[slot] = value
+    (directory / f"{stem}.bin").write_bytes(data.tobytes())
+    (directory / f"{stem}.keys").write_text(keys)
+
+
+def test_a_torn_last_keys_line_is_ignored(tally: Path) -> None:
+    """A writer in the middle of appending its line; and lines this version does not know."""
+    keys = (
+        '20 ["cpmiw_profile_lookups", "miss"]\n'
+        '21 ["cpmiw_unknown_metric"]\n'  # another version's metric
+        '22 ["cpmiw_profile_lookups"]\n'  # a label missing
+        f'{metrics.SLOTS} ["cpmiw_profile_lookups", "error"]\n'  # past the end
+        '23 ["cpmiw_profile_lookups", "hi'
+    )
+    _write_tally(tally, "tally-4000001", {20: 5.0, 21: 6.0, 22: 7.0, 23: 8.0}, keys)
+    metrics.count_lookup("miss")
+    samples = rendered()
+    lookups = {labels: value for (name, labels), value in samples.items() if "lookups" in name}
+    assert lookups == {(("result", "miss"),): 6}
+
+
+def test_setup_wipes_stale_tally_files_and_nothing_else(tmp_path: Path) -> None:
+    ours = ["tally-4000001.bin", "tally-4000001.keys", "tally-4000002-1.keys", "counter_7.db"]
+    ours += ["gauge_max_7.db", "histogram_7.db"]
+    foreign = ["README", "tally-notes.txt", "tally-4000003.keys.bak", "data.db", "tally.bin"]
+    for name in ours + foreign:
+        (tmp_path / name).write_text("")
+    _write_tally(tmp_path, "tally-4000001", {20: STALE}, '20 ["cpmiw_profile_lookups", "hit"]\n')
+    script = (
+        "import sys\nfrom cpmiw import metrics\nmetrics.setup(sys.argv[1])\n"
+        "sys.stdout.write(metrics.render()[1].decode())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert HIT not in parse(result.stdout)  # the stale value is gone
+    left = {p.name for p in tmp_path.iterdir()}
+    assert set(foreign) <= left and not set(ours) & left
+    assert left - set(foreign) == {  # and the setup process's own files
+        f"tally-{pid}.{suffix}" for pid in tally_pids(tmp_path) for suffix in ("bin", "keys")
+    }
+
+
+def test_a_pid_met_again_gets_files_of_its_own(tally: Path) -> None:
+    """A process that died left its files; a new process with its pid must not clear them."""
+    pid = os.getpid()
+    metrics.count_lookup("hit")
+    _write_tally(tally, f"tally-{pid}-1", {20: 3.0}, '20 ["cpmiw_profile_lookups", "hit"]\n')
+    metrics._forget()  # as if just forked: the files with this pid are a dead process's
+    metrics.count_lookup("hit")
+    assert (tally / f"tally-{pid}-2.keys").exists()
+    assert rendered()[HIT] == 5
+
+
+def test_more_series_than_slots_are_dropped_without_an_exception(tally: Path) -> None:
+    handlings = [f"h{i}" for i in range(metrics.SLOTS + 100)]  # not a bounded set: a bug
+    for handling in handlings:
+        metrics.count_as_failure(handling)
+        metrics.count_as_failure(handling)
+    metrics.observe_decision("MESSAGE", "cpm.msg", "deliver", "subscribed", 0, 0.001)
+    samples = rendered()
+    kept = {
+        dict(labels)["handling"]: value
+        for (name, labels), value in samples.items()
+        if name == "cpmiw_as_default_handling_total"
+    }
+    dropped = samples["cpmiw_metrics_series_dropped_total", ()]
+    assert set(kept.values()) == {2} and len(kept) + dropped == len(handlings) + 3
+    assert kept.keys() == set(handlings[: len(kept)])
+    assert samples["cpmiw_decision_seconds_count", ()] == 0  # no room: dropped too

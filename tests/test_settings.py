@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from cpmiw.decision import FileTransferToSms, Policy
-from cpmiw.settings import Settings, SettingsError, load_settings
+from cpmiw.settings import DecisionLog, Settings, SettingsError, load_settings
 
 
 def test_default_policy() -> None:
@@ -57,6 +57,7 @@ VARIABLES: list[tuple[str, str, Read, object, object]] = [
     ("CPMIW_OPTIONS", "relay", lambda s: s.answer_options, False, True),
     ("CPMIW_CONVERSATION_TTL", "3600", lambda s: s.conversation_ttl, 3600, 86400),
     ("CPMIW_SHADOW", "on", lambda s: s.shadow, True, False),
+    ("CPMIW_DECISION_LOG", "all", lambda s: s.decision_log, DecisionLog.ALL, DecisionLog.REJECTS),
 ]  # fmt: skip
 VARIABLE_IDS = [name for name, *_ in VARIABLES]
 DEFAULTS = [(name, read, default) for name, _, read, _, default in VARIABLES if default is not None]
@@ -104,7 +105,10 @@ def test_explicit_as_addresses_win_and_are_trusted() -> None:
 
 
 NUMBERS = [name for name, value, *_ in VARIABLES if value.isdigit()]
-CHOICES = ["CPMIW_FT_TO_SMS", "CPMIW_ON_PROFILE_ERROR", "CPMIW_OPTIONS", "CPMIW_SHADOW"]
+CHOICES = [
+    "CPMIW_FT_TO_SMS", "CPMIW_ON_PROFILE_ERROR", "CPMIW_OPTIONS", "CPMIW_SHADOW",
+    "CPMIW_DECISION_LOG",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ answered 500.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import traceback
@@ -37,13 +38,8 @@ from .services import (
 from .settings import Settings, load_settings
 from .store import ProfileStore, connect
 
-# The headers that name the service, and how each is rewritten.
-REWRITERS = {
-    "Accept-Contact": rewrite_feature_header,
-    "Contact": rewrite_feature_header,
-    "P-Preferred-Service": rewrite_service_header,
-    "P-Asserted-Service": rewrite_service_header,
-}
+# What a device registered it takes (htable `caps`), as families; a handful of distinct texts.
+_families = functools.lru_cache(maxsize=64)(families_of_text)
 # htable (kamailio.cfg) of the AS markers already honoured, kept longer than a marker lives.
 MARKERS = "markers"
 CONVERSATION_HEADERS = (
@@ -58,9 +54,33 @@ def _pv(name: str) -> str:
     return "" if value is None else str(value)
 
 
+def _all_lines(header: str) -> str:
+    """The pseudo-variable of every line of `header`, joined by commas (Kamailio's joining)."""
+    return f"$(hdr({header})[*])"
+
+
 def _all(header: str) -> str:
-    """Every line of `header`, joined by commas (Kamailio's own joining)."""
-    return _pv(f"$(hdr({header})[*])")
+    return _pv(_all_lines(header))
+
+
+# What routing reads of every initial request, in Request's field order (strings, or None when
+# absent). Read with one KSR.pv.get each: ~0.3 µs a call, no parsing of the message in Python.
+REQUEST_FACTS = (
+    "$ru",
+    "$rm",
+    _all_lines("Accept-Contact"),
+    _all_lines("Contact"),
+    _all_lines("P-Preferred-Service"),
+    _all_lines("P-Asserted-Service"),
+    "$hdr(Content-Type)",
+    "$ci",
+    "$cs",
+    "$si",
+    _all_lines("Route"),
+)
+# The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then URI of each.
+CONTACT_COUNT = "$ulc(cpmiw=>count)"
+CONTACT_ADDRESSES = tuple(f"$(ulc(cpmiw=>addr)[{index}])" for index in range(32))
 
 
 def _reply(decision: Decision) -> None:
@@ -70,6 +90,22 @@ def _reply(decision: Decision) -> None:
 def _relay() -> None:
     if KSR.tm.t_relay() < 0:
         KSR.sl.sl_reply_error()
+
+
+def _request() -> Request:
+    """The facts of the request being routed."""
+    get = KSR.pv.get
+    ruri, method, accept, contact, preferred, asserted, content, call_id, cseq, source, route = [
+        get(name) or "" for name in REQUEST_FACTS
+    ]
+    return Request(
+        ruri=ruri,
+        headers=ServiceHeaders(method, accept, contact, preferred, asserted, content),
+        call_id=call_id,
+        cseq=str(cseq),
+        source=source,
+        route=route,
+    )
 
 
 class Router:
@@ -97,53 +133,41 @@ class Router:
 
     def route_initial(self, _msg: object) -> int:
         """Routes one initial request; called by kamailio.cfg for everything but REGISTER."""
-        call_id = _pv("$ci")
         started = time.perf_counter()
+        request = None
         try:
-            routing = self._plan(call_id)
-            self._log(call_id, routing, self._apply(routing), started)
+            request = _request()
+            routing = self._plan(request)
+            self._log(request, routing, self._apply(routing, request), started)
         except Exception:
+            call_id = request.call_id if request else _pv("$ci")
             KSR.err(f"cpmiw: internal error call-id={call_id}: {traceback.format_exc()}\n")
             KSR.sl.send_reply(500, "Internal Server Error")
             metrics.observe_decision(_pv("$rm"), "unknown", "error", "internal-error", 500, 0.0)
         return 1
 
-    def _log(self, call_id: str, routing: Plan, decision: Decision, started: float) -> None:
-        """The decision's log line and metrics, and the warnings met on the way."""
+    def _log(self, request: Request, routing: Plan, decision: Decision, started: float) -> None:
+        """The decision's metrics and log line (CPMIW_DECISION_LOG), and the warnings met."""
         for warning in routing.warnings:
-            KSR.warn(f"cpmiw: {warning} call-id={call_id}\n")
-        method = _pv("$rm")
+            KSR.warn(f"cpmiw: {warning} call-id={request.call_id}\n")
         metrics.observe_decision(
-            method,
+            request.method,
             routing.service.value,
             decision.action.value,
             decision.rule,
             decision.status,
             time.perf_counter() - started,
         )
-        KSR.info(
-            f"cpmiw: call-id={call_id} method={method} service={routing.service.value}"
-            f" action={decision.action.value} rule={decision.rule}"
-            f" status={decision.status or '-'}{' shadow=on' if self.settings.shadow else ''}\n"
-        )
+        if self.settings.decision_log.logs(decision):
+            KSR.info(
+                f"cpmiw: call-id={request.call_id} method={request.method}"
+                f" service={routing.service.value} action={decision.action.value}"
+                f" rule={decision.rule} status={decision.status or '-'}"
+                f"{' shadow=on' if self.settings.shadow else ''}\n"
+            )
 
-    def _plan(self, call_id: str, *, use_as: bool = True) -> Plan:
+    def _plan(self, request: Request, *, use_as: bool = True) -> Plan:
         assert self.profiles is not None, "child_init opens the store"
-        request = Request(
-            ruri=_pv("$ru"),
-            headers=ServiceHeaders(
-                method=_pv("$rm"),
-                accept_contact=_all("Accept-Contact"),
-                contact=_all("Contact"),
-                preferred_service=_all("P-Preferred-Service"),
-                asserted_service=_all("P-Asserted-Service"),
-                content_type=_pv("$hdr(Content-Type)"),
-            ),
-            call_id=call_id,
-            cseq=_pv("$cs"),
-            source=_pv("$si"),
-            route=_all("Route"),
-        )
         routing = plan(
             request,
             self.settings,
@@ -177,11 +201,9 @@ class Router:
         if KSR.registrar.reg_fetch_contacts("location", aor, "cpmiw") < 0:
             return []
         try:
-            devices = []
-            for index in range(int(_pv("$ulc(cpmiw=>count)") or 0)):
-                tags = KSR.htable.sht_get(DEVICE_TABLE, _pv(f"$(ulc(cpmiw=>addr)[{index}])"))
-                devices.append(families_of_text(str(tags or "")))
-            return devices
+            get, tags = KSR.pv.get, KSR.htable.sht_get
+            addresses = CONTACT_ADDRESSES[: int(get(CONTACT_COUNT) or 0)]
+            return [_families(tags(DEVICE_TABLE, get(address)) or "") for address in addresses]
         finally:
             KSR.registrar.reg_free_contacts("cpmiw")
 
@@ -195,13 +217,13 @@ class Router:
             KSR.err(f"cpmiw: registration tags not kept call-id={_pv('$ci')}: {error}\n")
         return 1
 
-    def _apply(self, routing: Plan, *, failing_over: bool = False) -> Decision:
+    def _apply(self, routing: Plan, request: Request, *, failing_over: bool = False) -> Decision:
         """Carries the plan out; returns the decision as finally taken (480 if unregistered)."""
         if not failing_over:  # in failure_route these removals were made already
             # Our own route was consumed; routes preloaded by a sender are not honoured.
             if routing.routed:
                 KSR.hdr.remove("Route")
-            if routing.untrusted and _pv("$hdr(P-Asserted-Service)"):
+            if routing.untrusted and request.headers.asserted_service:
                 KSR.hdr.remove("P-Asserted-Service")
         decision = routing.decision
         if self.settings.shadow and routing.identity is not None:
@@ -216,12 +238,12 @@ class Router:
             self._answer_options(decision)
             return decision
         if decision.target is not None:
-            self._to_as(routing, decision.target)
+            self._to_as(routing, request, decision.target)
             return decision
         if decision.rewrite_to is not None:
-            self._rewrite(routing.service, decision.rewrite_to)
+            self._rewrite(routing, request, decision.rewrite_to)
         delivered = decision.rewrite_to or routing.service
-        if delivered.family is Family.CPM and _pv("$si") in self.settings.as_addresses:
+        if delivered.family is Family.CPM and request.source in self.settings.as_addresses:
             self._restore_conversation(routing)
         return decision if self._deliver(routing.aor) else NOT_REGISTERED
 
@@ -282,17 +304,27 @@ class Router:
         except StoreError as error:
             KSR.warn(f"cpmiw: conversation not kept call-id={_pv('$ci')}: {error}\n")
 
-    def _rewrite(self, source: Service, target: Service) -> None:
-        """Swaps the feature tag; each header is replaced only when its value changes."""
-        for header, rewrite in REWRITERS.items():
-            old = _all(header)
-            new = rewrite(old, source, target) if old else old
+    def _rewrite(self, routing: Plan, request: Request, target: Service) -> None:
+        """Swaps the feature tag; each header is replaced only when its value changes.
+
+        An untrusted sender's P-Asserted-Service was removed already: it stays removed.
+        """
+        headers = request.headers
+        rewrites = (
+            ("Accept-Contact", headers.accept_contact, rewrite_feature_header),
+            ("Contact", headers.contact, rewrite_feature_header),
+            ("P-Preferred-Service", headers.preferred_service, rewrite_service_header),
+            ("P-Asserted-Service", "" if routing.untrusted else headers.asserted_service,
+             rewrite_service_header),
+        )  # fmt: skip
+        for header, old, rewrite in rewrites:
+            new = rewrite(old, routing.service, target) if old else old
             if new != old:
                 KSR.hdr.remove(header)
                 if new:
                     KSR.hdr.append(f"{header}: {new}\r\n")
 
-    def _to_as(self, routing: Plan, as_uri: str) -> None:
+    def _to_as(self, routing: Plan, request: Request, as_uri: str) -> None:
         """Sends the request to the AS with a signed route back to this proxy (ISC style).
 
         The Route header is added in branch_route[AS_BRANCH], so that a branch created later by
@@ -300,7 +332,7 @@ class Router:
         """
         if routing.decision.action is Action.TO_IP_SM_GW and routing.service.family is Family.CPM:
             self._remember_conversation(routing)
-        bound_to = marker.binding(_pv("$ci"), _pv("$cs"), _pv("$rm"))
+        bound_to = marker.binding(request.call_id, request.cseq, request.method)
         token = marker.issue(self.settings.secret, bound_to, time.time(), self.settings.marker_ttl)
         own = f"sip:{self.settings.sip_addr}:{self.settings.sip_port};lr;{marker.PARAM}={token}"
         first = as_uri if ";lr" in as_uri.lower() else f"{as_uri};lr"
@@ -323,6 +355,7 @@ class Router:
         """
         call_id = _pv("$ci")
         try:
+            request = _request()
             status = int(_pv("$T_reply_code") or 0)
             if _pv("$avp(cpmiw_as_progress)") or not (status == 408 or 500 <= status < 600):
                 return 1
@@ -336,8 +369,8 @@ class Router:
             KSR.pv.unset("$avp(cpmiw_route)")
             KSR.resetdsturi()
             started = time.perf_counter()
-            routing = self._plan(call_id, use_as=False)
-            self._log(call_id, routing, self._apply(routing, failing_over=True), started)
+            routing = self._plan(request, use_as=False)
+            self._log(request, routing, self._apply(routing, request, failing_over=True), started)
         except Exception:
             KSR.err(
                 f"cpmiw: AS default handling failed call-id={call_id}: {traceback.format_exc()}\n"

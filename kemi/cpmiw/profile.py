@@ -79,7 +79,10 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     @property
     def registration_aor(self) -> str:
         """The SIP identity the subscriber's devices register with: its first SIP URI."""
-        return next(uri for uri in self.identities if is_sip(uri))
+        for uri in self.identities:
+            if is_sip(uri):
+                return uri
+        raise AssertionError("validated: a profile has a SIP identity")
 
     def has(self, family: Family) -> bool:
         return family in self.services

@@ -10,6 +10,7 @@ injected dependency (`Lookup`), so the proxy and the CLI cannot disagree about a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -77,6 +78,9 @@ class Plan:
         return None if self.decision.rule == ADDRESSED_TO_AS else self.identity
 
 
+# Remembered per process: the same recipients are addressed again and again.
+_canonical = functools.lru_cache(maxsize=16384)(canonical)
+
 ADDRESSED_TO_AS = "addressed-to-as"
 FOREIGN = Decision(Action.REJECT, "foreign-domain", 403, "Relaying Forbidden")
 NOT_A_SUBSCRIBER = Decision(Action.REJECT, "not-a-subscriber", 404, "Not Found")
@@ -95,8 +99,7 @@ def plan(
     """The plan for `request`; `use_as=False` when its AS failed with default handling continue."""
     untrusted = request.source not in settings.trusted_addresses
     routed = bool(request.route)
-    headers = replace(request.headers, asserted_service="") if untrusted else request.headers
-    service = classify(headers)
+    service = classify(request.headers, trusted=not untrusted)
     token, warnings = _returning_from_as(request, settings, now)
     if token is not None:
         # Delivered with the tag the recipient understands, never handed to an AS again.
@@ -115,7 +118,7 @@ def plan(
     else:
         rule = "" if use_as else "as-failed-continue"
     try:
-        identity = canonical(request.ruri)
+        identity = _canonical(request.ruri)
         profile = lookup(identity)
     except IdentityError:
         return Plan(

@@ -24,6 +24,10 @@ class Family(enum.Enum):
     IM = "im"
     SMS = "sms"
 
+    # Members are singletons: hash them by identity, in C, not by Enum's Python-level __hash__
+    # (sets and tables of these are consulted several times for every request).
+    __hash__ = object.__hash__
+
 
 class Service(enum.Enum):
     """The service one request asks for; the value is the name used in logs and metrics."""
@@ -41,12 +45,15 @@ class Service(enum.Enum):
     SMS = "sms"
     NONE = "none"
 
+    __hash__ = object.__hash__  # as Family's
+
     @property
     def family(self) -> Family | None:
-        return _FAMILY.get(self.value.split(".", 1)[0])
+        return _FAMILY_OF[self]
 
 
 _FAMILY = {"cpm": Family.CPM, "im": Family.IM, "sms": Family.SMS}
+_FAMILY_OF = {service: _FAMILY.get(service.value.split(".", 1)[0]) for service in Service}
 
 # ICSI suffix (after ICSI_PREFIX, lower case) -> CPM service.
 CPM_BY_ICSI: dict[str, Service] = {

@@ -6,17 +6,36 @@ configures both kamailio.cfg (through #!defenv) and the plugin.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .decision import FileTransferToSms, Policy
+from .decision import Action, Decision, FileTransferToSms, Policy
 
 
 class SettingsError(ValueError):
     """A CPMIW_* variable with a value the plugin cannot use; the message names it."""
+
+
+class DecisionLog(enum.Enum):
+    """Which routing decisions get an INFO log line; the metrics count every one of them.
+
+    `rejects` (the default) logs what a caller hears back as an error from the plugin: at a
+    carrier's rates a line for every delivered message would flood the log, and `cpmiw explain`
+    reproduces any single decision. `all` is for troubleshooting.
+    """
+
+    ALL = "all"
+    REJECTS = "rejects"
+    OFF = "off"
+
+    def logs(self, decision: Decision) -> bool:
+        if self is DecisionLog.REJECTS:
+            return decision.action is Action.REJECT
+        return self is DecisionLog.ALL
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,7 @@ class Settings:
     answer_options: bool
     conversation_ttl: int  # s the CPM conversation of an SMS interworking is remembered
     shadow: bool  # decide, log and count, but deliver everything unchanged
+    decision_log: DecisionLog
 
     @property
     def as_hosts(self) -> frozenset[str]:
@@ -119,4 +139,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         answer_options=_choice(env, "CPMIW_OPTIONS", "answer", ("answer", "relay")) == "answer",
         conversation_ttl=_int(env, "CPMIW_CONVERSATION_TTL", 86400),
         shadow=_choice(env, "CPMIW_SHADOW", "off", ("off", "on")) == "on",
+        decision_log=DecisionLog(
+            _choice(env, "CPMIW_DECISION_LOG", "rejects", tuple(d.value for d in DecisionLog))
+        ),
     )

@@ -13,10 +13,15 @@ as the client wrote it. OMA SIMPLE IM has no ICSI, so:
 
 from __future__ import annotations
 
+import functools
+
 from . import fields
 from .services import ICSI_FEATURE, IM_TAG_FOR, Service, icsi_urn
 
 
+# Both rewrites are remembered per process: clients of one kind send the same few header values,
+# and a hit (a dictionary look-up) saves re-lexing the header for every request rewritten.
+@functools.lru_cache(maxsize=1024)
 def rewrite_feature_header(value: str, source: Service, target: Service) -> str:
     """Accept-Contact or Contact value with `source`'s tag replaced by `target`'s."""
     edits: list[tuple[fields.Span, str]] = []
@@ -29,6 +34,7 @@ def rewrite_feature_header(value: str, source: Service, target: Service) -> str:
     return fields.replace_spans(value, edits)
 
 
+@functools.lru_cache(maxsize=1024)
 def rewrite_service_header(value: str, source: Service, target: Service) -> str:
     """P-Preferred-Service / P-Asserted-Service value after the rewrite; "" means remove it."""
     if target in IM_TAG_FOR:

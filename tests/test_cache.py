@@ -1,9 +1,9 @@
 """The per-worker profile cache against a real Redis, and change propagation through Kamailio.
 
-The cache tests drive `CachedProfiles` with a hand-moved clock, so "twice the poll interval has
-passed" is exact, while every Redis call is real. The last test measures, through the real
-Kamailio with its two UDP workers, how long after a profile change requests still route by the
-old profile.
+The cache tests drive `CachedProfiles` with a hand-moved clock and a hand-ticked change watcher
+(in Kamailio, rtimer ticks it every CPMIW_CACHE_POLL_MS), while every Redis call is real. The
+last test measures, through the real Kamailio with its two UDP workers, how long after a profile
+change requests still route by the old profile.
 """
 
 from __future__ import annotations
@@ -31,14 +31,22 @@ from cpmiw.sipnet import Peer
 from cpmiw.store import BULK, ProfileStore, connect
 from cpmiw.testing import make_profile
 
-POLL = 2**-8  # ~4 ms: a power of two, so that the hand-moved clock adds up exactly
-STALENESS = 2 * POLL  # the documented bound
-
 
 def unique(services: str = "cpm", **fields: object) -> Profile:
     return make_profile(
         f"c{secrets.token_hex(4)}", f"+1666{secrets.randbelow(10**7):07d}", services, **fields
     )
+
+
+class Watcher:
+    """Kamailio's change watcher, ticked by hand: publishes Redis's change stamp when told."""
+
+    def __init__(self, store: ProfileStore) -> None:
+        self._signal = store.signal()
+        self.published = ""
+
+    def tick(self) -> None:
+        self.published = self._signal.stamp()
 
 
 @pytest.fixture
@@ -51,16 +59,15 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-def make_cache(store: ProfileStore, clock: ManualClock, capacity: int = 100) -> CachedProfiles:
-    return CachedProfiles(
-        store,
-        capacity=capacity,
-        poll_interval=POLL,
-        max_age=300,
-        backoff=0.5,
-        timeout=1.0,
-        clock=clock,
+def make_cache(
+    store: ProfileStore, clock: ManualClock, capacity: int = 100
+) -> tuple[CachedProfiles, Watcher]:
+    watcher = Watcher(store)
+    watcher.tick()
+    cache = CachedProfiles(
+        store, lambda: watcher.published, capacity=capacity, max_age=300, backoff=0.5, clock=clock
     )
+    return cache, watcher
 
 
 def test_a_hit_sends_redis_nothing(
@@ -68,8 +75,8 @@ def test_a_hit_sends_redis_nothing(
 ) -> None:
     dave = unique()
     store.put([dave])
-    cache = make_cache(store, clock)
-    assert cache.lookup(dave.subscriber) == dave  # the first check, the stream, the profile
+    cache, _ = make_cache(store, clock)
+    assert cache.lookup(dave.subscriber) == dave  # the stream's position, then the profile
     observer = redis_server.client()
 
     def commands_served() -> int:
@@ -77,7 +84,7 @@ def test_a_hit_sends_redis_nothing(
 
     before = commands_served()
     for _ in range(100):
-        clock.advance(POLL / 256)
+        clock.advance(1)
         assert cache.lookup(dave.subscriber) == dave
     assert commands_served() == before + 1  # the first INFO, nothing else
 
@@ -86,61 +93,46 @@ def test_a_missing_profile_is_cached_until_it_is_provisioned(
     counting: CountingStore, clock: ManualClock
 ) -> None:
     erin = unique()
-    cache = make_cache(counting, clock)
+    cache, watcher = make_cache(counting, clock)
     assert cache.lookup(erin.subscriber) is None
     assert cache.lookup(erin.subscriber) is None
     assert counting.lookups == 1
     counting.put([erin])
-    clock.advance(STALENESS)
+    watcher.tick()
     assert cache.lookup(erin.subscriber) == erin
 
 
-def test_a_change_is_seen_within_twice_the_poll_interval(
-    store: ProfileStore, clock: ManualClock
+def test_a_change_is_seen_once_the_watcher_has_published_it(
+    counting: CountingStore, clock: ManualClock
 ) -> None:
     dave = unique()
-    store.put([dave])
-    cache = make_cache(store, clock)
+    counting.put([dave])
+    cache, watcher = make_cache(counting, clock)
     assert cache.lookup(dave.subscriber) == dave
     barred = Profile(identities=dave.identities, services=dave.services, barred=True)
-    store.put([barred])
-    clock.advance(POLL / 2)
-    assert cache.lookup(dave.subscriber) == dave  # Redis is checked at most every POLL
-    clock.advance(STALENESS - POLL / 2)
+    counting.put([barred])
+    reads = counting.stream_reads
+    assert cache.lookup(dave.subscriber) == dave  # not published yet: the stream is not read
+    assert counting.stream_reads == reads
+    watcher.tick()
     assert cache.lookup(dave.subscriber) == barred
-
-
-def test_under_load_the_check_is_read_when_it_has_arrived(
-    store: ProfileStore, clock: ManualClock
-) -> None:
-    dave = unique()
-    store.put([dave])
-    cache = make_cache(store, clock)
-    cache.lookup(dave.subscriber)
-    barred = Profile(identities=dave.identities, services=dave.services, barred=True)
-    store.put([barred])
-    clock.advance(POLL)
-    assert cache.lookup(dave.subscriber) == dave  # the check is sent, not waited for
-    deadline = time.monotonic() + 1.0
-    while cache.lookup(dave.subscriber) == dave and time.monotonic() < deadline:
-        clock.advance(POLL / 64)  # requests keep coming, well within twice the interval
     assert cache.lookup(dave.subscriber) == barred
-    assert clock.now - ManualClock.START < STALENESS
+    assert counting.stream_reads == reads + 1  # once per published change, not per request
 
 
 def test_every_alias_follows_a_change_and_a_delete(store: ProfileStore, clock: ManualClock) -> None:
     dave = unique()
     store.put([dave])
-    cache = make_cache(store, clock)
+    cache, watcher = make_cache(store, clock)
     sip, tel = dave.subscriber, dave.identities[1]
     assert cache.lookup(sip) == cache.lookup(tel) == dave
     moved = Profile(identities=[dave.identities[0]], services=dave.services)
     store.put([moved])  # the tel alias is dropped
-    clock.advance(STALENESS)
+    watcher.tick()
     assert cache.lookup(sip) == moved
     assert cache.lookup(tel) is None
     store.delete(sip)
-    clock.advance(STALENESS)
+    watcher.tick()
     assert cache.lookup(sip) is None
 
 
@@ -149,7 +141,7 @@ def test_capacity_bounds_the_cache_least_recently_used_first(
 ) -> None:
     a, b, c, d = (unique() for _ in range(4))
     counting.put([a, b, c, d])
-    cache = make_cache(counting, clock, capacity=3)
+    cache, _ = make_cache(counting, clock, capacity=3)
     for profile in (a, b, c, a, d):  # a used again: b is the least recently used
         cache.lookup(profile.subscriber)
     assert len(cache) == 3
@@ -163,10 +155,10 @@ def test_capacity_bounds_the_cache_least_recently_used_first(
 def test_a_bulk_write_forgets_everything(counting: CountingStore, clock: ManualClock) -> None:
     dave = unique()
     counting.put([dave])
-    cache = make_cache(counting, clock)
+    cache, watcher = make_cache(counting, clock)
     cache.lookup(dave.subscriber)
     counting.put([unique() for _ in range(BULK // 2 + 1)])  # two identities each
-    clock.advance(STALENESS)
+    watcher.tick()
     reads = counting.stream_reads
     assert cache.lookup(dave.subscriber) == dave
     assert (counting.stream_reads, counting.lookups) == (reads + 1, 2)  # dave asked again
@@ -187,7 +179,7 @@ def test_entries_older_than_max_age_are_fetched_again(
 ) -> None:
     dave = unique()
     counting.put([dave])
-    cache = make_cache(counting, clock)
+    cache, _ = make_cache(counting, clock)
     cache.lookup(dave.subscriber)
     clock.advance(299)
     reads = counting.stream_reads
@@ -210,12 +202,12 @@ def test_a_wiped_data_set_is_forgotten_whole(own_redis: RedisServer, clock: Manu
     store = ProfileStore(connect(own_redis.url, timeout=1.0))
     dave, erin = unique(), unique()
     store.put([dave])
-    cache = make_cache(store, clock)
+    cache, watcher = make_cache(store, clock)
     assert cache.lookup(dave.subscriber) == dave
     assert cache.lookup(erin.subscriber) is None
     own_redis.client().flushall()  # no change entry: only the epoch tells
     store.put([erin])  # version 1 again, in a new epoch
-    clock.advance(STALENESS)
+    watcher.tick()
     assert cache.lookup(dave.subscriber) is None
     assert cache.lookup(erin.subscriber) == erin
 

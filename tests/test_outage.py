@@ -64,17 +64,19 @@ def test_while_redis_is_down_hits_are_served_and_misses_fail_without_asking(
     known, unknown = barred(), barred()
     store.put([known, unknown])
     clock = ManualClock()
+    published = ""
     cache = CachedProfiles(
-        store, capacity=10, poll_interval=2**-8, max_age=64, backoff=0.25, timeout=0.05, clock=clock
+        store, lambda: published, capacity=10, max_age=64, backoff=0.25, clock=clock
     )
     assert cache.lookup(known.subscriber) == known
     redis_of_its_own.stop()
-    clock.advance(64)  # past max_age: it would be fetched again, were Redis there
-    assert cache.lookup(known.subscriber) == known  # the check failed: breaker open
+    clock.advance(64)  # past max_age: fetched again, and that fails
+    assert cache.lookup(known.subscriber) == known  # served all the same: breaker open
     assert cache.breaker.open
+    assert store.lookups == 2
     with pytest.raises(StoreError, match="circuit open"):
         cache.lookup(unknown.subscriber)
-    assert store.lookups == 1  # failed at once, Redis not asked
+    assert store.lookups == 2  # failed at once, Redis not asked
     clock.advance(0.25)  # backoff over: Redis is tried again, fails again, breaker re-armed
     with pytest.raises(StoreError):
         cache.lookup(unknown.subscriber)
@@ -82,6 +84,7 @@ def test_while_redis_is_down_hits_are_served_and_misses_fail_without_asking(
     assert cache.breaker.open
     redis_of_its_own.start()  # empty: no persistence
     store.put([unknown])
+    published = "a new epoch"  # what the change watcher would publish now
     clock.advance(0.125)  # backoff over
     try:
         found = cache.lookup(unknown.subscriber)

@@ -8,16 +8,14 @@ needs Redis 7.4 for it, Debian 12 ships 7.0.
   (~700 bytes each with a two-identity profile: 50,000 entries ~ 35 MB per worker process).
 - Negative answers (no profile) are cached too; invalid stored profiles are not.
 - Invalidation: the store's writers bump a version counter and append the identities they
-  touch to a change stream (store.py). At most every `poll_interval` a worker sends a read of the
-  counter on a connection of its own and reads the reply on a later request, once it has arrived:
-  under load no request waits for it. Only when the counter moved does the worker read the
-  stream (one round trip) and forget what changed; a new epoch (data set replaced) or a gap in
-  the stream forgets everything. The first request after `poll_interval` or more without any
-  (an idle worker) waits for its check if the last one was sent `2 * poll_interval` ago or more.
-  So a change committed in Redis is seen by every request that starts `2 * poll_interval` after
-  the commit (10 ms with the default 5 ms), in every worker, busy or idle; while Redis takes r
-  to answer, by those starting `poll_interval + r` after it. A check unanswered after `timeout`
-  counts as a failure.
+  touch to a change stream (store.py). One process, Kamailio's change watcher (rtimer, every
+  CPMIW_CACHE_POLL_MS), reads epoch and version from Redis and publishes them in shared memory
+  (`watch_changes` in kamailio.py). Before each look-up a worker compares what is published with
+  what it last synchronised to: only when it moved does the worker read the stream (one round
+  trip) and forget what changed; a new epoch (data set replaced) or a gap in the stream forgets
+  everything. So no request pays for the polling, and a change committed in Redis is seen by
+  every request that starts one poll interval and a round trip after the commit, in every
+  worker, busy or idle (twice the interval is the documented bound).
 - Entries older than `max_age` are fetched again: a safety net for writes that bypass the store.
 - Out of the garbage collector's sight: 50,000 cached profiles are ~250,000 objects that
   Python's cyclic collector would walk on every full collection (40 ms each, measured): a pause
@@ -28,8 +26,9 @@ needs Redis 7.4 for it, Debian 12 ships 7.0.
   request waits on Redis: cached answers (even past `max_age`) are served, the rest raise
   StoreError at once (the caller's fail policy applies). The first request after `backoff` tries
   Redis again, so the worker recovers by itself: within `backoff` of Redis's return, or twice
-  that when a connection the restart closed fails once more. A Redis that hangs costs at most
-  one request per worker and `backoff` a wait of the client's socket timeout.
+  that when a connection the restart closed fails once more; a stream read that failed is tried
+  again then too. A Redis that hangs costs at most one request per worker and `backoff` a wait
+  of the client's socket timeout.
 """
 
 from __future__ import annotations
@@ -66,33 +65,32 @@ class Breaker:
 
 
 class CachedProfiles:
-    """Profile look-ups for one worker process: `lookup` is a `routing.Lookup`."""
+    """Profile look-ups for one worker process: `lookup` is a `routing.Lookup`.
+
+    `published` returns what the change watcher last read of Redis's epoch and version (shared
+    memory in Kamailio; any string that changes with them will do).
+    """
 
     def __init__(
         self,
         store: ProfileStore,
+        published: Callable[[], str],
         *,
         capacity: int,
-        poll_interval: float,
         max_age: float,
         backoff: float,
-        timeout: float,
         clock: Clock = time.monotonic,
     ) -> None:
         self._store = store
-        self._signal = store.signal()
+        self._published = published
         self._reader = store.reader()
         self._capacity = capacity
-        self._poll_interval = poll_interval
         self._max_age = max_age
-        self._timeout = timeout  # a check unanswered for this long is a failure
         self._clock = clock
         self.breaker = Breaker(backoff, clock)
         # identity -> (fetched at, profile or None); most recently used last
         self._entries: OrderedDict[str, tuple[float, Profile | None]] = OrderedDict()
-        self._fresh_as_of = float("-inf")  # when the last completed check was sent
-        self._last_request = float("-inf")
-        self._stamp: str | None = None  # epoch and version when the stream was last read
+        self._synced_to: str | None = None  # the published value the stream was last read for
         self._cursor: str | None = None
         self._epoch: str | None = None
         self._inserted = 0
@@ -102,10 +100,10 @@ class CachedProfiles:
 
     def lookup(self, identity: str) -> Profile | None:
         """The profile owning the canonical `identity`, or None; StoreError, ProfileError."""
+        published = self._published()
+        if published != self._synced_to and not self.breaker.open:
+            self._synchronise(published)
         now = self._clock()
-        idle, self._last_request = now - self._last_request >= self._poll_interval, now
-        if now - self._fresh_as_of >= self._poll_interval and not self.breaker.open:
-            self._check(now, idle)
         entry = self._entries.get(identity)
         if entry is not None and now - entry[0] < self._max_age:
             self._entries.move_to_end(identity)
@@ -139,41 +137,21 @@ class CachedProfiles:
         with self._round_trip():
             return self._reader.lookup(identity)
 
-    def _check(self, now: float, idle: bool) -> None:
-        """Reads the check in flight once it has arrived, sends the next one when due."""
-        signal = self._signal
+    def _synchronise(self, published: str) -> None:
+        """Forgets what changed since the stream was last read; on failure, tries again later."""
         try:
-            if signal.sent_at is not None:
-                if not signal.arrived():
-                    if now - signal.sent_at < self._timeout:
-                        return  # on its way: not waited for
-                    signal.reset()
-                    raise StoreError("redis: no answer to the change check")
-                sent_at = signal.sent_at
-                self._settle(signal.receive(), sent_at)
-            if now - self._fresh_as_of >= self._poll_interval:
-                signal.send(now)
-                if idle and now - self._fresh_as_of >= 2 * self._poll_interval:
-                    self._settle(signal.receive(), now)  # nothing else will bring it soon
-        except StoreError:
-            if not self.breaker.open:  # (a failed stream read has been counted already)
-                metrics.observe_redis(0.0, True)
-                self.breaker.failed()
-
-    def _settle(self, stamp: str, sent_at: float) -> None:
-        """The cache is as fresh as Redis was at `sent_at`, once the stream is read if it moved."""
-        if stamp != self._stamp:
             with self._round_trip():
                 changes = self._store.changes(self._cursor)
-            replaced = self._epoch is not None and changes.epoch != self._epoch
-            if replaced or changes.identities is None:
-                self._entries.clear()
-            else:
-                for identity in changes.identities:
-                    self._entries.pop(identity, None)
-            self._epoch, self._cursor = changes.epoch, changes.cursor
-            self._stamp = changes.stamp
-        self._fresh_as_of = sent_at
+        except StoreError:
+            return  # the breaker is open: cached answers are served meanwhile
+        replaced = self._epoch is not None and changes.epoch != self._epoch
+        if replaced or changes.identities is None:
+            self._entries.clear()
+        else:
+            for identity in changes.identities:
+                self._entries.pop(identity, None)
+        self._epoch, self._cursor = changes.epoch, changes.cursor
+        self._synced_to = published
 
     @contextmanager
     def _round_trip(self) -> Iterator[None]:

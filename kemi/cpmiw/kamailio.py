@@ -36,7 +36,7 @@ from .services import (
     icsi_urn,
 )
 from .settings import Settings, load_settings
-from .store import ProfileStore, connect
+from .store import ChangeSignal, ProfileStore, connect
 
 # What a device registered it takes (htable `caps`), as families; a handful of distinct texts.
 _families = functools.lru_cache(maxsize=64)(families_of_text)
@@ -78,6 +78,8 @@ REQUEST_FACTS = (
     "$si",
     _all_lines("Route"),
 )
+# Shared variable (kamailio.cfg) where the change watcher publishes Redis's change stamp.
+PUBLISHED_CHANGES = "$shv(cpmiw_changes)"
 # The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then URI of each.
 CONTACT_COUNT = "$ulc(cpmiw=>count)"
 CONTACT_ADDRESSES = tuple(f"$(ulc(cpmiw=>addr)[{index}])" for index in range(32))
@@ -90,6 +92,10 @@ def _reply(decision: Decision) -> None:
 def _relay() -> None:
     if KSR.tm.t_relay() < 0:
         KSR.sl.sl_reply_error()
+
+
+def _published_changes() -> str:
+    return str(KSR.pv.get(PUBLISHED_CHANGES) or "")
 
 
 def _request() -> Request:
@@ -115,21 +121,45 @@ class Router:
         self.settings = settings
         self.profiles: CachedProfiles | None = None
         self.conversations: ConversationStore | None = None
+        self.signal: ChangeSignal | None = None  # used by the change watcher's process only
+        self.published: str | None = None  # what the change watcher last published
+        self.watch_failing = False
 
     def child_init(self, rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
         client = connect(self.settings.redis_url, self.settings.redis_timeout)
         self.conversations = ConversationStore(client, self.settings.conversation_ttl)
+        store = ProfileStore(client)
+        self.signal = store.signal()  # opens its connection on first use
         # Routing asks the worker's cache; Redis only on a miss (cache.py).
         self.profiles = CachedProfiles(
-            ProfileStore(client),
+            store,
+            _published_changes,
             capacity=self.settings.cache_entries,
-            poll_interval=self.settings.cache_poll,
             max_age=self.settings.cache_max_age,
             backoff=self.settings.redis_backoff,
-            timeout=self.settings.redis_timeout,
         )
         return 0
+
+    def watch_changes(self, _msg: object) -> int:
+        """rtimer, every CPMIW_CACHE_POLL_MS: publishes Redis's change stamp to the workers."""
+        assert self.signal is not None, "child_init opens the store"
+        # Not in the Redis metrics, which count the round trips made for requests: hundreds of
+        # polls a second would drown them (the workers' failures tell of an outage).
+        try:
+            stamp = self.signal.stamp()
+        except StoreError as error:
+            if not self.watch_failing:  # once per outage, not every few milliseconds
+                KSR.warn(f"cpmiw: change watcher cannot read Redis: {error}\n")
+            self.watch_failing = True
+            return 1
+        if self.watch_failing:
+            KSR.info("cpmiw: change watcher reads Redis again\n")
+        self.watch_failing = False
+        if stamp != self.published:
+            KSR.pv.sets(PUBLISHED_CHANGES, stamp)
+            self.published = stamp
+        return 1
 
     def route_initial(self, _msg: object) -> int:
         """Routes one initial request; called by kamailio.cfg for everything but REGISTER."""

@@ -47,7 +47,6 @@ class Settings:
     redis_timeout: float  # seconds
     redis_backoff: float  # s without Redis calls after a failure (circuit breaker)
     cache_entries: int  # profiles cached per worker process
-    cache_poll: float  # s between two polls of the change stream, at most
     cache_max_age: float  # s after which a cached profile is fetched again
     policy: Policy
     as_addresses: frozenset[str]
@@ -123,7 +122,6 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         redis_timeout=_int(env, "CPMIW_REDIS_TIMEOUT_MS", 50) / 1000,
         redis_backoff=_int(env, "CPMIW_REDIS_BACKOFF_MS", 500) / 1000,
         cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 50_000),
-        cache_poll=_int(env, "CPMIW_CACHE_POLL_MS", 5) / 1000,
         cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
         policy=policy,
         as_addresses=as_addresses,

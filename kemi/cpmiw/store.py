@@ -13,9 +13,10 @@ A look-up is one round trip (a server-side script follows the alias). Writes go 
 MULTI/EXEC so a reader never sees a profile without its aliases or the other way round, and the
 same transaction appends the identities it touched to the change stream: that is how the
 per-worker caches (cache.py) learn what to forget, since Redis 7.0 has no client-side caching
-for redis-py. Workers watch epoch and version (`ChangeSignal`, an MGET pipelined on a connection
-of its own) and read the stream only when they moved. An epoch that differs from the one a worker
-knows means the data set was replaced (a Redis restarted empty, a FLUSHALL): it forgets everything.
+for redis-py. Kamailio's change watcher reads epoch and version (`ChangeSignal`, an MGET on a
+connection of its own) and publishes them; workers read the stream only when they moved. An
+epoch that differs from the one a worker knows means the data set was replaced (a Redis
+restarted empty, a FLUSHALL): it forgets everything.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ class ProfileStore:
         return Changes(epoch, stamp, last, None if everything else frozenset(touched))
 
     def signal(self) -> ChangeSignal:
-        """A watcher of epoch and version on a connection of its own (one per worker)."""
+        """A reader of epoch and version on a connection of its own (the change watcher's)."""
         return ChangeSignal(self._client)
 
     def reader(self) -> Reader:
@@ -219,14 +220,6 @@ class _Connection:
             raise StoreError(f"redis: {error}") from error
         self._used_at = now
 
-    def arrived(self) -> bool:
-        """True when a reply (or the end of the connection) is there to be read."""
-        try:
-            return bool(self._connection.can_read(timeout=0))
-        except redis.RedisError as error:
-            self.disconnect()
-            raise StoreError(f"redis: {error}") from error
-
     def read(self) -> Any:  # a RESP reply: bytes, int, list or None
         try:
             return self._connection.read_response()
@@ -269,42 +262,21 @@ class Reader:
 
 
 class ChangeSignal:
-    """Has anything changed? An MGET of epoch and version counter, sent now and read later.
+    """Has anything changed? An MGET of epoch and version, on a connection of its own.
 
-    Both, because a wiped Redis counts its versions from 1 again. The reply is read when it has
-    arrived, on a later request, so that a worker under load never waits for it; `receive`
-    blocks (at most the client's socket timeout) only when the caller needs the answer now.
+    Both, because a wiped Redis counts its versions from 1 again. Read by Kamailio's change
+    watcher, which publishes the stamp to the workers (cache.py); compare with Changes.stamp.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._connection = _Connection(client)
         self._mget = self._connection.pack("MGET", EPOCH, VERSION)
-        self.sent_at: float | None = None  # when the MGET in flight was sent
 
-    def send(self, now: float) -> None:
+    def stamp(self) -> str:
+        """Epoch and version as Redis has them now; StoreError when it cannot say."""
         self._connection.send(self._mget)
-        self.sent_at = now
-
-    def arrived(self) -> bool:
-        try:
-            return self._connection.arrived()
-        except StoreError:
-            self.reset()
-            raise
-
-    def receive(self) -> str:
-        """The stamp (epoch and version) the MGET in flight read; compare with Changes.stamp."""
-        try:
-            epoch, version = self._connection.read()
-        except StoreError:
-            self.reset()
-            raise
-        self.sent_at = None
+        epoch, version = self._connection.read()
         return _stamp(_text(epoch or b""), version)
-
-    def reset(self) -> None:
-        self._connection.disconnect()
-        self.sent_at = None
 
 
 def _stamp(epoch: str, version: bytes | str | None) -> str:

@@ -216,8 +216,10 @@ def start_product(lab: Lab, redis_url: str, **env: str) -> Kamailio:
     return _started(lab, "product", port, process, metrics)
 
 
-def start_native(lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0) -> Kamailio:
-    """Kamailio with one of bench/native-*.cfg."""
+def start_native(
+    lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0, allocator: str = ""
+) -> Kamailio:
+    """Kamailio with one of bench/native-*.cfg; `allocator` as kamailio -x (default: qm)."""
     port = free_port()
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -226,8 +228,8 @@ def start_native(lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0) 
         "BENCH_UAS": f"sip:{uas[0]}:{uas[1]}",
         "BENCH_REDIS_SERVER": f"name=profiles;addr=127.0.0.1;port={redis_port}",
     }
-    args = ["kamailio", "-f", str(BENCH / cfg), "-DD", "-E", "-x", "tlsf"]
-    args += ["-m", str(SHM_MB), "-M", "16"]  # the product's allocator and memory (its launcher)
+    args = ["kamailio", "-f", str(BENCH / cfg), "-DD", "-E", "-m", str(SHM_MB), "-M", "16"]
+    args += ["-x", allocator] if allocator else []
     process = lab.spawn(args, f"kamailio-{cfg}-{port}.log", env)
     return _started(lab, cfg.removesuffix(".cfg"), port, process)
 

@@ -23,13 +23,26 @@ BENCH = Path(__file__).resolve().parent
 NAMES = {
     "native-relay": "a  native relay",
     "native-redis": "b  native ndb_redis",
-    "product": "c  cpmiw",
+    "native-relay-tlsf": "a' native relay, TLSF",
+    "native-redis-tlsf": "b' native ndb_redis, TLSF",
+    "product": "c  cpmiw (TLSF)",
 }
-ORDER = ("native-relay", "native-redis", "product")
+ORDER = tuple(NAMES)  # the order of the table rows and the chart's lines
 UNITS = {"message": "MESSAGE/s", "invite": "chat set-ups/s (INVITE+ACK+BYE)"}
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 
+RATIOS = (
+    ("a", "native-relay", " (target 0.85)"),
+    ("b", "native-redis", " (target 1.4)"),
+    ("a'", "native-relay-tlsf", ""),
+    ("b'", "native-redis-tlsf", ""),
+)
+
 Results = dict[str, Any]
+
+
+def _configs(results: Results) -> list[str]:
+    return [config for config in ORDER if config in results["configs"]]
 
 
 def chart(results: Results, path: Path) -> None:
@@ -37,7 +50,7 @@ def chart(results: Results, path: Path) -> None:
     figure, axes = plt.subplots(len(scenarios), 2, figsize=(12, 4.2 * len(scenarios)))
     for row, scenario in zip(axes, scenarios, strict=True):
         success, latency = row
-        for config in ORDER:
+        for config in _configs(results):
             steps = sorted(results["configs"][config][scenario]["steps"], key=lambda s: s["rate"])
             rates = [s["rate"] for s in steps]
             success.plot(rates, [100 * s["success"] for s in steps], "o-", label=NAMES[config])
@@ -69,7 +82,7 @@ def chart(results: Results, path: Path) -> None:
 def table(results: Results) -> str:
     lines = []
     for scenario in results["configs"]["product"]:
-        rows = {c: results["configs"][c][scenario] for c in ORDER}
+        rows = {c: results["configs"][c][scenario] for c in _configs(results)}
         rate = results["common_rates"][scenario]
         lines += [
             f"**{scenario}** ({UNITS[scenario]}; latency, CPU and memory at {rate}/s, half the"
@@ -92,13 +105,12 @@ def table(results: Results) -> str:
                 f" {lat['added'][1]:.2f} ms | {common['cpu_us_per_call']:.0f} µs | {workers} |"
             )
         product = rows["product"]["max_rate"]
-        lines += [
-            "",
-            f"Ratios of maximum rates: c/a = {product / rows['native-relay']['max_rate']:.2f}"
-            f" (target 0.85), c/b = {product / rows['native-redis']['max_rate']:.2f}"
-            " (target 1.4).",
-            "",
+        ratios = [
+            f"c/{letter} = {product / rows[config]['max_rate']:.2f}{target}"
+            for letter, config, target in RATIOS
+            if config in rows
         ]
+        lines += ["", f"Ratios of maximum rates: {', '.join(ratios)}.", ""]
     memory = results.get("memory")
     if memory:
         first, last = memory["samples"][1], memory["samples"][-1]

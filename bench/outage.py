@@ -60,6 +60,7 @@ class Rig:
     ip_sm_gw_port: int
     cpm: Path  # recipients file: Zipf over the CPM/IM subscribers
     sms: Path  # recipients file: the SMS-only subscribers
+    draws: list[int]  # the CPM/IM recipients of `cpm`, in order
 
     def restart_ip_sm_gw(self) -> None:
         self.ip_sm_gw, _ = uas(self.lab, "uas-message.xml", IP_SM_GW_HOST, self.ip_sm_gw_port)
@@ -91,6 +92,7 @@ def build(lab: Lab, profiles: int, sms_profiles: int) -> Rig:
         gateway_port,
         population.injection_file(lab.dir / "cpm.csv", draws),
         population.injection_file(lab.dir / "sms.csv", list(sms) * 20),
+        draws,
     )
 
 

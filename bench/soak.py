@@ -1,7 +1,8 @@
 """`bench/run soak`: 1,000,000 MESSAGEs at a steady rate, one Redis restart, one AS flap.
 
-The outage run's set-up (bench/outage.py) for `--seconds` at `--rate` + `--sms-rate` (default
-500 s at 1,800 + 200 = 2,000 MESSAGE/s): Redis is killed at 1/3 of the run and started again 5 s
+The outage run's set-up (bench/outage.py), its caches warmed first (every distinct recipient
+three times), for `--seconds` at `--rate` + `--sms-rate` (default 500 s at 1,800 + 200 = 2,000
+MESSAGE/s): Redis is killed at 1/3 of the run and started again 5 s
 later; the IP-SM-GW is killed at 2/3 and started again 10 s later. sipp counts every final
 response; the workers' private memory is sampled every second. Written to bench/soak.json,
 printed as Markdown.
@@ -14,7 +15,7 @@ import json
 from collections import Counter
 from typing import cast
 
-from bench.lab import BENCH, Lab, Uac, udp_receive_drops
+from bench.lab import BENCH, Lab, udp_receive_drops, warm_up
 from bench.outage import build, run_phase
 
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     drops = udp_receive_drops()
     with Lab(keep=options.keep) as lab:
         rig = build(lab, options.profiles, 2000)
-        Uac(lab, "uac-message-any.xml", rig.kamailio.address, rig.cpm, 1000, 5, tag="warm").wait()
+        # Steady state: the workers' caches warm, so that their memory shows what the run adds.
+        warm_up(lab, rig.kamailio.address, rig.draws, "uac-message-any.xml")
         phase = run_phase(
             rig,
             "soak",

@@ -43,17 +43,13 @@ from bench.lab import (
     start_product,
     uas,
     usage,
+    warm_up,
 )
 from cpmiw.settings import load_settings
 from cpmiw.store import ProfileStore, connect
 
 RESULTS = BENCH / "results"
 SUCCESS = 0.999
-# Before its ladders each configuration gets every distinct recipient WARM_UP_PASSES times, at
-# WARM_UP_RATE: a recipient lands on either UDP worker, so after three passes 1 in 8 (2^-3) of
-# them is still unknown to one of the two.
-WARM_UP_PASSES = 3
-WARM_UP_RATE = 4000
 
 
 @dataclass(frozen=True)
@@ -149,13 +145,21 @@ def measured_run(
 def climb(
     lab: Lab, kamailio: Kamailio, scenario: Scenario, recipients: Path, seconds: float
 ) -> ConfigResult:
-    """The highest offered rate that completes >= 99.9 % of its calls, to within 5 %."""
+    """The highest offered rate that completes >= 99.9 % of its calls, to within 5 %.
+
+    A step that falls short is run once more and counts as sustained when the second run makes
+    it: on two cores shared with sipp, one scheduling hiccup can cost a step a few calls (a
+    configuration once "failed" with 99.89 %), for every configuration alike.
+    """
     found = ConfigResult()
     ok, failed, rate = 0, 0, scenario.first_rate
     while True:
-        step = measured_run(lab, kamailio, scenario, recipients, rate, seconds, (2.5, 3.5))
-        found.steps.append(step)
-        print(f"    {rate:6d}/s: {step.success:.2%} completed", flush=True)
+        for _ in range(2):
+            step = measured_run(lab, kamailio, scenario, recipients, rate, seconds, (2.5, 3.5))
+            found.steps.append(step)
+            print(f"    {rate:6d}/s: {step.success:.2%} completed", flush=True)
+            if step.success >= SUCCESS:
+                break
         if step.success >= SUCCESS:
             ok = rate
         else:
@@ -181,7 +185,7 @@ def bench_config(
     config: str,
     redis_port: int,
     recipients: Path,
-    warm_up: Path,
+    draws: list[int],
     options: argparse.Namespace,
     common: dict[str, int],
 ) -> dict[str, ConfigResult]:
@@ -196,9 +200,7 @@ def bench_config(
     # after the first minutes of a proxy in service. Same traffic for every configuration.
     started = time.monotonic()
     device_process, _ = uas(lab, SCENARIOS["message"].uas, *device)
-    draws = sum(1 for _ in warm_up.open()) - 1  # the first line names the order
-    seconds = draws / WARM_UP_RATE
-    Uac(lab, SCENARIOS["message"].uac, kamailio.address, warm_up, WARM_UP_RATE, seconds).wait()
+    warm_up(lab, kamailio.address, draws, SCENARIOS["message"].uac)
     device_process.stop()
     print(f"  warmed up in {time.monotonic() - started:.0f} s", flush=True)
     results = {}
@@ -302,15 +304,13 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{options.profiles} profiles loaded in {took:.1f} s", flush=True)
         draws = population.zipf_recipients(options.profiles, 300_000, options.skew)
         recipients = population.injection_file(lab.dir / "zipf.csv", draws)
-        distinct = list(dict.fromkeys(draws))
-        warm_up = population.injection_file(lab.dir / "warm-up.csv", distinct * WARM_UP_PASSES)
         common: dict[str, int] = {}
         configs = {}
         RESULTS.mkdir(exist_ok=True)
         path = RESULTS / f"throughput-{stamp}.json"
         for config in filter(None, options.configs.split(",")):
             configs[config] = bench_config(
-                lab, config, server.port, recipients, warm_up, options, common
+                lab, config, server.port, recipients, draws, options, common
             )
             results["configs"] = _json(configs)
             results["common_rates"] = common

@@ -82,7 +82,11 @@ REQUEST_FACTS = (
 PUBLISHED_CHANGES = "$shv(cpmiw_changes)"
 # The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then URI of each.
 CONTACT_COUNT = "$ulc(cpmiw=>count)"
-CONTACT_ADDRESSES = tuple(f"$(ulc(cpmiw=>addr)[{index}])" for index in range(32))
+
+
+@functools.cache
+def _contact_address(index: int) -> str:
+    return f"$(ulc(cpmiw=>addr)[{index}])"
 
 
 def _reply(decision: Decision) -> None:
@@ -232,7 +236,7 @@ class Router:
             return []
         try:
             get, tags = KSR.pv.get, KSR.htable.sht_get
-            addresses = CONTACT_ADDRESSES[: int(get(CONTACT_COUNT) or 0)]
+            addresses = map(_contact_address, range(int(get(CONTACT_COUNT) or 0)))
             return [_families(tags(DEVICE_TABLE, get(address)) or "") for address in addresses]
         finally:
             KSR.registrar.reg_free_contacts("cpmiw")

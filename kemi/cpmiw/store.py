@@ -50,17 +50,16 @@ if not subscriber then return false end
 return redis.call('GET', '{PROFILE}' .. subscriber)
 """
 
-# One round trip per poll. Returns the epoch, the version, the stream's first and last entry
-# ids, and the entries after the cursor (at most ARGV[2]); no entries when the cursor is the last.
+# One round trip per stream read. Returns the epoch, the stream's first and last entry ids, and
+# the entries after the cursor (at most ARGV[2]); no entries when the cursor is the last.
 _CHANGES_SINCE = """
 local epoch = redis.call('GET', KEYS[2]) or ''
-local version = redis.call('GET', KEYS[3]) or ''
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local last_id = last and last[1] or '0-0'
-if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, version, last_id, last_id, {}} end
+if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, last_id, last_id, {}} end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-return {epoch, version, first and first[1] or '0-0', last_id, entries}
+return {epoch, first and first[1] or '0-0', last_id, entries}
 """
 
 
@@ -69,7 +68,6 @@ class Changes:
     """What changed since a cursor: `identities` None means everything may have changed."""
 
     epoch: str
-    stamp: str  # epoch and version counter as read with the entries (see ChangeSignal)
     cursor: str  # the id of the last change entry seen; pass it to the next poll
     identities: frozenset[str] | None
 
@@ -147,24 +145,22 @@ class ProfileStore:
         entries are pending, or when an entry says so (a bulk write). Raises StoreError.
         """
         try:
-            epoch, version, first, last, entries = self._changes_since(
-                keys=[CHANGES, EPOCH, VERSION], args=[cursor or "", limit]
+            epoch, first, last, entries = self._changes_since(
+                keys=[CHANGES, EPOCH], args=[cursor or "", limit]
             )
         except redis.RedisError as error:
             raise StoreError(f"redis: {error}") from error
         epoch, last = _text(epoch), _text(last)
-        stamp = _stamp(epoch, version)
         if cursor is None or cursor == last:
-            return Changes(epoch, stamp, last, frozenset())
+            return Changes(epoch, last, frozenset())
         ids = [_text(entry_id) for entry_id, _ in entries]
         # An entry after the cursor trimmed away, or the stream deleted: anything may be lost.
         trimmed = cursor != "0-0" and _stream_id(_text(first)) > _stream_id(cursor)
         behind = trimmed or last == "0-0"
         if behind or not ids or ids[-1] != last:
-            return Changes(epoch, stamp, last, None)  # trimmed, deleted, or too far behind
+            return Changes(epoch, last, None)  # trimmed, deleted, or too far behind
         touched = {_text(f) for _, fields in entries for f in fields[::2]}
-        everything = EVERYTHING in touched
-        return Changes(epoch, stamp, last, None if everything else frozenset(touched))
+        return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
 
     def signal(self) -> ChangeSignal:
         """A reader of epoch and version on a connection of its own (the change watcher's)."""
@@ -265,7 +261,7 @@ class ChangeSignal:
     """Has anything changed? An MGET of epoch and version, on a connection of its own.
 
     Both, because a wiped Redis counts its versions from 1 again. Read by Kamailio's change
-    watcher, which publishes the stamp to the workers (cache.py); compare with Changes.stamp.
+    watcher, which publishes the stamp to the workers (cache.py).
     """
 
     def __init__(self, client: redis.Redis) -> None:
@@ -276,11 +272,7 @@ class ChangeSignal:
         """Epoch and version as Redis has them now; StoreError when it cannot say."""
         self._connection.send(self._mget)
         epoch, version = self._connection.read()
-        return _stamp(_text(epoch or b""), version)
-
-
-def _stamp(epoch: str, version: bytes | str | None) -> str:
-    return f"{epoch}/{_text(version or b'')}"
+        return f"{_text(epoch or b'')}/{_text(version or b'')}"
 
 
 def _text(value: bytes | str) -> str:

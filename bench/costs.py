@@ -3,7 +3,7 @@
 The throughput run's set-up on a smaller population (`--profiles`, default 1,000: every cache
 warm), pager MESSAGEs at one fixed `--rate` for `--seconds`, through:
 
-    native relay    bench/native-relay.cfg with TLSF, the product's allocator
+    native relay    bench/native-relay.cfg tuned as the product (TLSF, 4 MB receive buffer)
     python relay    the product's kamailio.cfg, a Python route that only relays (stages.py)
     + read request  the same after reading the request's facts as the plugin does
     product         the plugin as shipped
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 population.register(kamailio.address, range(options.profiles), device)
             else:
-                kamailio = start_native(lab, "native-relay.cfg", device, server.port, "tlsf")
+                kamailio = start_native(lab, "native-relay.cfg", device, server.port, tuned=True)
             device_process, _ = uas(lab, scenario.uas, *device)
             warm_up(lab, kamailio.address, draws, scenario.uac)
             run = measured_run(

@@ -229,9 +229,13 @@ def start_product(lab: Lab, redis_url: str, **env: str) -> Kamailio:
 
 
 def start_native(
-    lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0, allocator: str = ""
+    lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0, *, tuned: bool = False
 ) -> Kamailio:
-    """Kamailio with one of bench/native-*.cfg; `allocator` as kamailio -x (default: qm)."""
+    """Kamailio with one of bench/native-*.cfg.
+
+    `tuned`: as the product's launcher and kamailio.cfg run Kamailio (TLSF allocator, 4 MB UDP
+    receive buffer); otherwise with Kamailio's defaults (qm, 256 KB), as operators run a native cfg.
+    """
     port = free_port()
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -241,7 +245,7 @@ def start_native(
         "BENCH_REDIS_SERVER": f"name=profiles;addr=127.0.0.1;port={redis_port}",
     }
     args = ["kamailio", "-f", str(BENCH / cfg), "-DD", "-E", "-m", str(SHM_MB), "-M", "16"]
-    args += ["-x", allocator] if allocator else []
+    args += ["-x", "tlsf", "-A", "TUNED"] if tuned else []
     process = lab.spawn(args, f"kamailio-{cfg}-{port}.log", env)
     return _started(lab, cfg.removesuffix(".cfg"), port, process)
 

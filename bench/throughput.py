@@ -65,15 +65,15 @@ SCENARIOS = {
     "invite": Scenario("uac-invite.xml", "uas-invite.xml", "INVITE", 1000),
 }
 # The product first: it sets the common rate. The native configurations run twice: as operators
-# run Kamailio (its default allocator, qm), and with the allocator the product's launcher picks.
+# run Kamailio (its defaults), and tuned as the product runs it (allocator, receive buffer).
 CONFIGS = (
     "product",
     "native-relay",
     "native-redis",
-    "native-relay-tlsf",
-    "native-redis-tlsf",
+    "native-relay-tuned",
+    "native-redis-tuned",
 )
-TLSF = "-tlsf"
+TUNED = "-tuned"
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,8 @@ def climb(
 def start(lab: Lab, config: str, redis_port: int, device: tuple[str, int]) -> Kamailio:
     if config == "product":
         return start_product(lab, f"redis://127.0.0.1:{redis_port}/0")
-    cfg = f"{config.removesuffix(TLSF)}.cfg"
-    return start_native(lab, cfg, device, redis_port, "tlsf" if config.endswith(TLSF) else "")
+    cfg = f"{config.removesuffix(TUNED)}.cfg"
+    return start_native(lab, cfg, device, redis_port, tuned=config.endswith(TUNED))
 
 
 def bench_config(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import Network
 from cpmiw.cli_base import read_env_file
 from cpmiw.decision import Action
 
@@ -217,4 +218,57 @@ def test_launcher_refuses_a_poll_interval_it_cannot_give_kamailio(value: str) ->
     assert result.returncode == 2
     assert result.stderr == (
         f"cpmiw: CPMIW_CACHE_POLL_MS={value}: expected milliseconds, 1 to 9999\n"
+    )
+
+
+def _receive_buffer_wanted(cfg: str) -> int:
+    found = re.search(r"(?m)^#!define UDP_RECEIVE_BUFFER (\d+)$", cfg)
+    assert found, "kamailio.cfg defines UDP_RECEIVE_BUFFER"
+    return int(found.group(1))
+
+
+def test_launcher_warns_when_the_kernel_caps_the_receive_buffer(tmp_path: Path) -> None:
+    """Kamailio would start with a smaller buffer without a word: the launcher says so."""
+    allowed = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    product_cfg = (REPO / "kamailio.cfg").read_text()
+    wanted = _receive_buffer_wanted(product_cfg)
+    cfg = tmp_path / "kamailio.cfg"
+    cfg.write_text(
+        product_cfg.replace(
+            f"#!define UDP_RECEIVE_BUFFER {wanted}", f"#!define UDP_RECEIVE_BUFFER {allowed + 1}"
+        )
+    )
+    result = subprocess.run(
+        [str(DEPLOY / "cpmiw-kamailio"), "-c"],  # -c: Kamailio checks the cfg and exits
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CPMIW_CFG": str(cfg),
+            "CPMIW_RPC_SOCKET": str(tmp_path / "rpc.sock"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.startswith(
+        f"cpmiw: net.core.rmem_max is {allowed}, below the {allowed + 1} bytes of UDP receive"
+        " buffer kamailio.cfg asks for: bursts will be dropped"
+        " (install deploy/sysctl.d/60-cpmiw.conf)\n"
+    )
+
+
+def test_kamailio_takes_the_receive_buffer_the_kernel_allows(network: Network) -> None:
+    """Linux grants twice what is asked (bookkeeping), up to net.core.rmem_max."""
+    wanted = _receive_buffer_wanted((REPO / "kamailio.cfg").read_text())
+    allowed = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    log = network.kamailio.wait_for_log("SO_RCVBUF is finally")
+    granted = re.search(r"SO_RCVBUF is finally (\d+)", log)
+    assert granted, "Kamailio logs the buffer it got"
+    assert int(granted.group(1)) >= 2 * min(wanted, allowed)
+    assert (
+        Path(DEPLOY / "sysctl.d" / "60-cpmiw.conf")
+        .read_text()
+        .count(f"net.core.rmem_max = {wanted}\n")
+        == 1
     )

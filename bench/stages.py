@@ -28,7 +28,7 @@ class StoppedRouter(kamailio.Router):
         if STAGE == "product":
             return super().route_initial(msg)
         if STAGE == "read":
-            kamailio._request()  # the plugin's own reading of the request
+            kamailio._request(kamailio._facts())  # the plugin's own reading of the request
         if KSR.registrar.lookup("location") < 0:
             KSR.sl.send_reply(480, "Temporarily Unavailable")
         elif KSR.tm.t_relay() < 0:

@@ -1,7 +1,8 @@
 """The per-worker profile cache against a real Redis, and change propagation through Kamailio.
 
 The cache tests drive `CachedProfiles` with a hand-moved clock and a hand-ticked change watcher
-(in Kamailio, rtimer ticks it every CPMIW_CACHE_POLL_MS), while every Redis call is real. The
+(in Kamailio it waits on the change stream and publishes at each write), while every Redis call
+is real; the watcher's own wait is tested against the real Redis too. The
 last test measures, through the real Kamailio with its two UDP workers, how long after a profile
 change requests still route by the old profile.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -42,11 +44,11 @@ class Watcher:
     """Kamailio's change watcher, ticked by hand: publishes Redis's change stamp when told."""
 
     def __init__(self, store: ProfileStore) -> None:
-        self._signal = store.signal()
+        self._signal = store.signal(wait=1.0)
         self.published = ""
 
     def tick(self) -> None:
-        self.published = self._signal.stamp()
+        self.published = str(self._signal.stamp())
 
 
 @pytest.fixture
@@ -206,10 +208,39 @@ def test_a_wiped_data_set_is_forgotten_whole(own_redis: RedisServer, clock: Manu
     assert cache.lookup(dave.subscriber) == dave
     assert cache.lookup(erin.subscriber) is None
     own_redis.client().flushall()  # no change entry: only the epoch tells
-    store.put([erin])  # version 1 again, in a new epoch
+    store.put([erin])  # a new epoch
     watcher.tick()
     assert cache.lookup(dave.subscriber) is None
     assert cache.lookup(erin.subscriber) == erin
+
+
+def test_the_watcher_wakes_at_a_write_and_only_then(store: ProfileStore) -> None:
+    signal = store.signal(wait=0.2)
+    stamp = signal.stamp()
+    assert not signal.wait(stamp)  # nothing written: the wait runs out
+    assert signal.stamp() == stamp
+    patient = store.signal(wait=60.0)
+    writer = threading.Timer(0.2, store.put, [[unique()]])
+    writer.start()
+    started = time.monotonic()
+    try:
+        assert patient.wait(stamp)  # woken by the write, not by the end of its minute
+    finally:
+        writer.join()
+    assert time.monotonic() - started < 30
+    assert patient.stamp() != stamp
+
+
+def test_the_watcher_stamp_tells_a_wiped_data_set(own_redis: RedisServer) -> None:
+    store = ProfileStore(connect(own_redis.url, timeout=1.0))
+    store.put([unique()])
+    signal = store.signal(wait=0.1)
+    written = signal.stamp()
+    own_redis.client().flushall()
+    wiped = signal.stamp()
+    assert (wiped.epoch, wiped.last) == ("", "0-0")
+    store.put([unique()])
+    assert signal.stamp().epoch not in ("", written.epoch)
 
 
 # -- through Kamailio --------------------------------------------------------------------------

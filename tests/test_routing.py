@@ -56,6 +56,20 @@ def test_cpm_message_to_im_only_user_arrives_with_the_im_tag(net: Network) -> No
     assert received.body == sent.body
 
 
+def test_a_header_carrying_the_fact_separator_is_routed_alike(net: Network) -> None:
+    """The adapter reads every fact in one call, split on \\x1f; RFC 3261 lets a quoted-pair
+    carry that byte: the facts are then read one by one, with the same result."""
+    bob = subscriber(net, "im")
+    note = '*;+g.example.note="a\\\x1fb"'
+    with Peer() as caller, device(net, bob) as ue:
+        sent = cpm_message(caller, bob.registration_aor)
+        sent.headers.append(("Accept-Contact", note))
+        received = deliver_and_answer(caller, ue, sent, net)
+    rewritten = f"Accept-Contact: *;+g.oma.sip-im;require;explicit,*;{RCS_IARI},{note}"
+    assert rewritten in end_to_end_lines(received)
+    assert "rule=interworking" in net.kamailio.decision_lines(sent.header("Call-ID") or "")[0]
+
+
 def test_im_message_to_cpm_only_user_arrives_with_the_cpm_icsi(net: Network) -> None:
     dave = subscriber(net, "cpm")
     with Peer() as caller, device(net, dave) as ue:

@@ -7,15 +7,15 @@ needs Redis 7.4 for it, Debian 12 ships 7.0.
 - Bounded: at most `capacity` identities per worker, least recently used evicted first
   (~700 bytes each with a two-identity profile: 50,000 entries ~ 35 MB per worker process).
 - Negative answers (no profile) are cached too; invalid stored profiles are not.
-- Invalidation: the store's writers bump a version counter and append the identities they
-  touch to a change stream (store.py). One process, Kamailio's change watcher (rtimer, every
-  CPMIW_CACHE_POLL_MS), reads epoch and version from Redis and publishes them in shared memory
-  (`watch_changes` in kamailio.py). Before each look-up a worker compares what is published with
-  what it last synchronised to: only when it moved does the worker read the stream (one round
-  trip) and forget what changed; a new epoch (data set replaced) or a gap in the stream forgets
-  everything. So no request pays for the polling, and a change committed in Redis is seen by
-  every request that starts one poll interval and a round trip after the commit, in every
-  worker, busy or idle (twice the interval is the documented bound).
+- Invalidation: the store's writers append the identities they touch to a change stream
+  (store.py). One process, Kamailio's change watcher (rtimer), blocks on that stream and, at
+  each write, publishes the stream's stamp (epoch, last entry) in shared memory (`watch_changes`
+  in kamailio.py). Before each look-up a worker compares what is published with what it last
+  synchronised to: only when it moved does the worker read the stream (one round trip) and
+  forget what changed; a new epoch (data set replaced) or a gap in the stream forgets
+  everything. So no request pays for the watching, and a change committed in Redis is seen by
+  every request that starts a wake-up and a round trip after the commit, in every worker, busy
+  or idle.
 - Entries older than `max_age` are fetched again: a safety net for writes that bypass the store.
 - Out of the garbage collector's sight: 50,000 cached profiles are ~250,000 objects that
   Python's cyclic collector would walk on every full collection (40 ms each, measured): a pause
@@ -67,8 +67,8 @@ class Breaker:
 class CachedProfiles:
     """Profile look-ups for one worker process: `lookup` is a `routing.Lookup`.
 
-    `published` returns what the change watcher last read of Redis's epoch and version (shared
-    memory in Kamailio; any string that changes with them will do).
+    `published` returns the change stamp the watcher last published (shared memory in Kamailio,
+    read with each request; any string that changes with every write will do).
     """
 
     def __init__(

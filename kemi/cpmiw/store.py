@@ -6,15 +6,14 @@ Key layout (format 1, see README):
     cpmiw:1:alias:<identity>       <subscriber>, one key per canonical identity (itself included)
 
     cpmiw:1:changes                stream of changes, one entry per write: the identities touched
-    cpmiw:1:version                counter, incremented by every write
     cpmiw:1:epoch                  random token set by the first write into an empty database
 
 A look-up is one round trip (a server-side script follows the alias). Writes go through
 MULTI/EXEC so a reader never sees a profile without its aliases or the other way round, and the
 same transaction appends the identities it touched to the change stream: that is how the
 per-worker caches (cache.py) learn what to forget, since Redis 7.0 has no client-side caching
-for redis-py. Kamailio's change watcher reads epoch and version (`ChangeSignal`, an MGET on a
-connection of its own) and publishes them; workers read the stream only when they moved. An
+for redis-py. Kamailio's change watcher waits on the stream (`ChangeSignal`, on a connection of
+its own) and publishes its stamp; workers read the stream only when it moved. An
 epoch that differs from the one a worker knows means the data set was replaced (a Redis
 restarted empty, a FLUSHALL): it forgets everything.
 """
@@ -39,7 +38,6 @@ PROFILE = PREFIX + "profile:"
 ALIAS = PREFIX + "alias:"
 CHANGES = PREFIX + "changes"
 EPOCH = PREFIX + "epoch"
-VERSION = PREFIX + "version"
 EVERYTHING = "*"  # a change entry that invalidates every cached identity (bulk writes)
 BULK = 256  # a write touching more identities than this invalidates everything
 CHANGES_KEPT = 10_000  # approximate length of the change stream
@@ -162,9 +160,9 @@ class ProfileStore:
         touched = {_text(f) for _, fields in entries for f in fields[::2]}
         return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
 
-    def signal(self) -> ChangeSignal:
-        """A reader of epoch and version on a connection of its own (the change watcher's)."""
-        return ChangeSignal(self._client)
+    def signal(self, wait: float) -> ChangeSignal:
+        """The change watcher's reader of the stamp; `wait`: the longest a wait() blocks (s)."""
+        return ChangeSignal(self._client, wait)
 
     def reader(self) -> Reader:
         """Look-ups on a connection of their own (one per worker): half the client's CPU."""
@@ -175,7 +173,6 @@ def _record_change(tx: redis.client.Pipeline, identities: set[str] | frozenset[s
     """Appends one change entry to the transaction; each identity is a field name."""
     fields = dict.fromkeys(identities if len(identities) <= BULK else [EVERYTHING], "")
     tx.set(EPOCH, secrets.token_hex(8), nx=True)
-    tx.incr(VERSION)
     tx.xadd(CHANGES, fields, maxlen=CHANGES_KEPT, approximate=True)  # type: ignore[arg-type]
 
 
@@ -191,9 +188,10 @@ class _Connection:
 
     IDLE = 0.1  # s unused after which a connection is checked before it is used
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, **options: float) -> None:
+        """`options` override the client's connection settings (socket_timeout)."""
         pool = client.connection_pool
-        self._connection = pool.connection_class(**pool.connection_kwargs)
+        self._connection = pool.connection_class(**{**pool.connection_kwargs, **options})
         self._used_at: float | None = None  # last command since the last (re)connection
 
     def pack(self, *args: str | int) -> list[bytes]:
@@ -258,21 +256,44 @@ class Reader:
 
 
 class ChangeSignal:
-    """Has anything changed? An MGET of epoch and version, on a connection of its own.
+    """Has anything changed? Read by Kamailio's change watcher on a connection of its own.
 
-    Both, because a wiped Redis counts its versions from 1 again. Read by Kamailio's change
-    watcher, which publishes the stamp to the workers (cache.py).
+    The stamp is the epoch and the id of the change stream's last entry: every write appends an
+    entry, and a wiped Redis has a new epoch (or none). `wait()` blocks on the stream (XREAD
+    BLOCK) until an entry comes after a stamp, so the watcher wakes at a write instead of polling.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._connection = _Connection(client)
-        self._mget = self._connection.pack("MGET", EPOCH, VERSION)
+    def __init__(self, client: redis.Redis, wait: float) -> None:
+        self._wait_ms = round(wait * 1000)
+        # A blocked read must not count as a dead socket: the wait plus the client's own timeout.
+        timeout = client.connection_pool.connection_kwargs["socket_timeout"]
+        self._connection = _Connection(client, socket_timeout=wait + timeout)
+        pack = self._connection.pack
+        self._read = pack("GET", EPOCH) + pack("XREVRANGE", CHANGES, "+", "-", "COUNT", 1)
 
-    def stamp(self) -> str:
-        """Epoch and version as Redis has them now; StoreError when it cannot say."""
-        self._connection.send(self._mget)
-        epoch, version = self._connection.read()
-        return f"{_text(epoch or b'')}/{_text(version or b'')}"
+    def stamp(self) -> Stamp:
+        """The stamp as Redis has it now; StoreError when it cannot say."""
+        self._connection.send(self._read)
+        epoch, last = self._connection.read(), self._connection.read()
+        return Stamp(_text(epoch or b""), _text(last[0][0]) if last else "0-0")
+
+    def wait(self, stamp: Stamp) -> bool:
+        """Until the stream moves past `stamp` (True) or the wait is over (False); StoreError."""
+        self._connection.send(
+            self._connection.pack(
+                "XREAD", "COUNT", 1, "BLOCK", self._wait_ms, "STREAMS", CHANGES, stamp.last
+            )
+        )
+        return self._connection.read() is not None
+
+
+@dataclass(frozen=True)
+class Stamp:
+    epoch: str
+    last: str  # the id of the change stream's last entry ("0-0": none)
+
+    def __str__(self) -> str:
+        return f"{self.epoch}/{self.last}"
 
 
 def _text(value: bytes | str) -> str:

@@ -7,12 +7,15 @@ Real Kamailio, real Redis, SIP peers on loopback; the IP-SM-GW (127.0.0.4) and t
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import Network, RedisServer, make_network
+from cpmiw.devices import SUMMARY_TABLE, usrloc_key
+from cpmiw.rpc import KamailioRpc, RpcError
 from cpmiw.sipnet import Peer, SipMessage, StatelessProxy
 from sipflows import (
     CPM_MSG_ACCEPT,
@@ -195,6 +198,96 @@ def test_cpm_subscriber_whose_only_device_is_im_gets_the_im_tag(net: Network) ->
     with Peer() as caller, device(net, dave, tags=IM) as ue:
         received = deliver_and_answer(caller, ue, cpm_message(caller, dave.registration_aor), net)
     assert received.header_values("Accept-Contact")[0].startswith("*;+g.oma.sip-im;require")
+
+
+def _summary(net: Network, aor: str) -> str | None:
+    """The AOR's devices summary in Kamailio (htable `devices`), None when it has none."""
+    with KamailioRpc(str(net.kamailio.rpc_socket)) as rpc:
+        try:
+            found = rpc.call("htable.get", SUMMARY_TABLE, usrloc_key(aor))
+        except RpcError as error:
+            assert "doesn't exist" in str(error)
+            return None
+    assert isinstance(found, dict)
+    return str(found["item"]["value"])
+
+
+def _set_summary(net: Network, aor: str, text: str) -> None:
+    with KamailioRpc(str(net.kamailio.rpc_socket)) as rpc:
+        rpc.call("htable.sets", SUMMARY_TABLE, usrloc_key(aor), text)
+
+
+def _expiries_and_families(summary: str | None) -> list[tuple[float, str]]:
+    """(seconds from now, families) of each contact in a summary."""
+    now = time.time()
+    items = [item.partition(":") for item in (summary or "").split()]
+    return sorted((round(int(expires) - now, -2), families) for expires, _, families in items)
+
+
+def test_each_register_summarises_the_devices_of_the_aor(net: Network) -> None:
+    frank = subscriber(net, "cpm,sms")
+    aor = frank.registration_aor
+    with device(net, frank, tags=CPM_DEVICE):
+        assert _expiries_and_families(_summary(net, aor)) == [(3600, "cpm")]
+        with device(net, frank, tags=SMSIP):
+            assert _expiries_and_families(_summary(net, aor)) == [(3600, "cpm"), (3600, "sms")]
+        assert _expiries_and_families(_summary(net, aor)) == [(3600, "cpm")]
+    assert _summary(net, aor) is None
+
+
+def test_a_register_the_registrar_refuses_is_answered_by_it(net: Network) -> None:
+    """Saved without a reply so the plugin can summarise first: refusals are still answered."""
+    frank = subscriber(net, "cpm")
+    with Peer() as ue:
+        request = ue.request(
+            "REGISTER",
+            f"sip:{frank.registration_aor.rpartition('@')[2]}",
+            to=f"<{frank.registration_aor}>",
+            from_=f"<{frank.registration_aor}>;tag=1",
+        )
+        refused = ue.ask(request.replace_header("Contact", "*"), net.kamailio.address)
+        ue.expect_nothing(0.2)  # one answer
+    assert refused.status == 400  # "*" goes with Expires: 0 only
+    assert _summary(net, frank.registration_aor) is None
+
+
+def test_routing_drops_contacts_the_summary_shows_expired(net: Network) -> None:
+    frank = subscriber(net, "cpm,sms")
+    with Peer() as caller, device(net, frank, tags=CPM_DEVICE) as ue:
+        _set_summary(net, frank.registration_aor, f"{int(time.time()) - 1}:cpm")
+        sent = cpm_message(caller, frank.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
+        assert caller.recv_response().status == 202
+        ue.expect_nothing(0.2)
+    assert _rules(net, sent) == ["sms-interworking"]
+
+
+def test_contacts_removed_behind_the_registrar_cost_one_480(net: Network) -> None:
+    """`ul.rm` leaves the summary stale: the first delivery fails and usrloc is read after."""
+    frank = subscriber(net, "cpm,sms")
+    with Peer() as caller, device(net, frank, tags=CPM_DEVICE):
+        with KamailioRpc(str(net.kamailio.rpc_socket)) as rpc:
+            rpc.call("ul.rm", "location", usrloc_key(frank.registration_aor))
+        caller.send(cpm_message(caller, frank.registration_aor), net.kamailio.address)
+        assert caller.recv_response().status == 480
+        assert _summary(net, frank.registration_aor) is None
+        sent = cpm_message(caller, frank.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
+        assert caller.recv_response().status == 202
+    assert _rules(net, sent) == ["sms-interworking"]
+
+
+def test_a_summary_not_of_ours_is_logged_and_usrloc_read(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+    with Peer() as caller, device(net, dave, tags=IM) as ue:
+        _set_summary(net, dave.registration_aor, "soon:cpm")
+        received = deliver_and_answer(caller, ue, cpm_message(caller, dave.registration_aor), net)
+    assert received.header_values("Accept-Contact")[0].startswith("*;+g.oma.sip-im;require")
+    assert f"registrations of {dave.registration_aor} read from usrloc: bad summary" in (
+        net.kamailio.wait_for_log("bad summary")
+    )
 
 
 # -- AS default handling -------------------------------------------------------------------

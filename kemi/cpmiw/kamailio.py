@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import KSR  # provided by app_python3 inside Kamailio
 
-from . import conversation, marker, metrics
+from . import conversation, devices, marker, metrics
 from .cache import CachedProfiles
 from .classify import ServiceHeaders, registered_contacts
 from .conversation import Conversation, ConversationStore
@@ -113,13 +113,30 @@ def _places() -> tuple[tuple[int, int], ...]:
 
 
 _PLACES = _places()
-# The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then URI of each.
+# The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then each one's.
 CONTACT_COUNT = "$ulc(cpmiw=>count)"
 
 
 @functools.cache
-def _contact_address(index: int) -> str:
-    return f"$(ulc(cpmiw=>addr)[{index}])"
+def _contact(attribute: str, index: int) -> str:
+    return f"$(ulc(cpmiw=>{attribute})[{index}])"
+
+
+def _contacts(aor: str) -> list[tuple[int, frozenset[Family]]]:
+    """Each contact of `aor` in usrloc: its expiry (Unix time, 0: never) and what it takes."""
+    if KSR.registrar.reg_fetch_contacts("location", aor, "cpmiw") < 0:
+        return []
+    try:
+        get, tags = KSR.pv.get, KSR.htable.sht_get
+        return [
+            (
+                int(get(_contact("expires", index)) or 0),
+                _families(tags(DEVICE_TABLE, get(_contact("addr", index))) or ""),
+            )
+            for index in range(int(get(CONTACT_COUNT) or 0))
+        ]
+    finally:
+        KSR.registrar.reg_free_contacts("cpmiw")
 
 
 def _reply(decision: Decision) -> None:
@@ -283,20 +300,25 @@ class Router:
 
     def _registrations(self, aor: str) -> list[frozenset[Family]]:
         """The recipient's registered devices, with what each registered it can take."""
-        if KSR.registrar.reg_fetch_contacts("location", aor, "cpmiw") < 0:
-            return []
-        try:
-            get, tags = KSR.pv.get, KSR.htable.sht_get
-            addresses = map(_contact_address, range(int(get(CONTACT_COUNT) or 0)))
-            return [_families(tags(DEVICE_TABLE, get(address)) or "") for address in addresses]
-        finally:
-            KSR.registrar.reg_free_contacts("cpmiw")
+        summary = KSR.htable.sht_get(devices.SUMMARY_TABLE, devices.usrloc_key(aor))
+        if summary is not None:
+            try:
+                return devices.registered(str(summary), time.time())
+            except ValueError:
+                KSR.warn(f"cpmiw: registrations of {aor} read from usrloc: bad summary\n")
+        return [families for _, families in _contacts(aor)]
 
     def registered(self, _msg: object) -> int:
-        """After a REGISTER was saved: remembers what each contact's device can take."""
+        """After a REGISTER was saved: what each contact's device takes, and the AOR's summary."""
         try:
             for uri, families in registered_contacts(_all("Contact")):
                 KSR.htable.sht_sets(DEVICE_TABLE, uri, families_text(families))
+            aor = _pv("$tu")
+            key, contacts = devices.usrloc_key(aor), _contacts(aor)
+            if contacts:
+                KSR.htable.sht_sets(devices.SUMMARY_TABLE, key, devices.summary(contacts))
+            else:
+                KSR.htable.sht_rm(devices.SUMMARY_TABLE, key)
         except Exception:
             error = traceback.format_exc()
             KSR.err(f"cpmiw: registration tags not kept call-id={_pv('$ci')}: {error}\n")
@@ -335,6 +357,8 @@ class Router:
     def _deliver(self, aor: str | None) -> bool:
         """To the registered contacts of `aor` (None: to the R-URI); 480 when it has none."""
         if aor is not None and KSR.registrar.lookup_uri("location", aor) < 0:
+            # Gone behind the registrar's back, if its summary said otherwise: usrloc from now on.
+            KSR.htable.sht_rm(devices.SUMMARY_TABLE, devices.usrloc_key(aor))
             _reply(NOT_REGISTERED)
             return False
         _relay()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from .devices import usrloc_key
 from .services import DEVICE_TABLE, Family, families_of_text
 
 _MAX_DATAGRAM = 1 << 20
@@ -36,13 +37,6 @@ class Contact:
 
     uri: str
     families: frozenset[Family]
-
-
-def usrloc_key(aor: str) -> str:
-    """How usrloc (use_domain on) files a SIP AOR: `user@host`, host lower-cased, no port."""
-    rest = aor.strip().strip("<>").split(":", 1)[-1].split(";", 1)[0].split("?", 1)[0]
-    user, _, host = rest.rpartition("@")
-    return f"{user}@{host.split(':', 1)[0].lower()}" if user else host.lower()
 
 
 class KamailioRpc:

@@ -98,7 +98,7 @@ def icsi_urn(service: Service) -> str:
 
 # Where Kamailio keeps what each registered device takes: htable `caps` (kamailio.cfg), keyed by
 # contact URI, valued by the family names joined by commas. Written by the adapter at REGISTER,
-# read by it for routing and by `cpmiw explain` over RPC.
+# read by it to summarise each AOR's devices (devices.py) and by `cpmiw explain` over RPC.
 DEVICE_TABLE = "caps"
 
 

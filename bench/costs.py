@@ -3,7 +3,7 @@
 The throughput run's set-up on a smaller population (`--profiles`, default 1,000: every cache
 warm), pager MESSAGEs at one fixed `--rate` for `--seconds`, through:
 
-    native relay    bench/native-relay.cfg tuned as the product (TLSF, 4 MB receive buffer)
+    native relay    bench/native-relay.cfg tuned as the product (TLSF, receive buffer, mlock)
     python relay    the product's kamailio.cfg, a Python route that only relays (stages.py)
     + read request  the same after reading the request's facts as the plugin does
     product         the plugin as shipped

@@ -234,7 +234,8 @@ def start_native(
     """Kamailio with one of bench/native-*.cfg.
 
     `tuned`: as the product's launcher and kamailio.cfg run Kamailio (TLSF allocator, 4 MB UDP
-    receive buffer); otherwise with Kamailio's defaults (qm, 256 KB), as operators run a native cfg.
+    receive buffer, memory locked); otherwise with Kamailio's defaults (qm, 256 KB, unlocked), as
+    operators run a native cfg.
     """
     port = free_port()
     env = {

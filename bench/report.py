@@ -25,7 +25,7 @@ NAMES = {
     "native-redis": "b  native ndb_redis",
     "native-relay-tuned": "a' native relay, tuned as c",
     "native-redis-tuned": "b' native ndb_redis, tuned as c",
-    "product": "c  cpmiw (TLSF, 4 MB buffer)",
+    "product": "c  cpmiw",
 }
 ORDER = tuple(NAMES)  # the order of the table rows and the chart's lines
 UNITS = {"message": "MESSAGE/s", "invite": "chat set-ups/s (INVITE+ACK+BYE)"}

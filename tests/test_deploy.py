@@ -255,3 +255,13 @@ def test_kamailio_takes_the_receive_buffer_the_kernel_allows(network: Network) -
         .count(f"net.core.rmem_max = {wanted}\n")
         == 1
     )
+
+
+def test_kamailio_locks_its_memory(network: Network) -> None:
+    """mlock_pages: the proxy is never paged out (kamailio.cfg)."""
+    status = Path(f"/proc/{network.kamailio.process.pid}/status").read_text()
+    locked = re.search(r"(?m)^VmLck:\s+(\d+) kB$", status)
+    assert locked, status
+    locked_kb = int(locked.group(1))
+    assert locked_kb >= 64 * 1024  # at least the shared memory the tests give it (CPMIW_SHM_MB)
+    assert "failed to lock the memory pages" not in network.kamailio.log()

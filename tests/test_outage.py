@@ -185,6 +185,10 @@ def test_redis_killed_and_restarted_under_load(
             back = traffic(net, callers, {"cached": cached, "uncached": uncached}, 0.6)
         finally:
             device.stop()
+        log = net.kamailio.wait_for_log("change watcher reads Redis again")
+    # The change watcher tells of the outage once, retrying quietly, and of the recovery once.
+    assert log.count("change watcher cannot read Redis") == 1
+    assert log.count("change watcher reads Redis again") == 1
     assert statuses(out, "cached") == {403}
     if policy == "reject":
         failed = [a.response for a in out if a.who == "uncached"]

@@ -165,13 +165,19 @@ def test_sms_user_reply_to_an_im_user_gets_the_im_tag_and_no_cpm_headers(net: Ne
 # -- registrations -------------------------------------------------------------------------
 
 
+def _via_the_ip_sm_gw(net: Network, caller: Peer, aor: str) -> SipMessage:
+    """A CPM MESSAGE to `aor` that goes to the IP-SM-GW, which accepts it; what was sent."""
+    sent = cpm_message(caller, aor)
+    caller.send(sent, net.kamailio.address)
+    net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
+    assert caller.recv_response().status == 202
+    return sent
+
+
 def test_cpm_sms_subscriber_without_a_cpm_device_gets_sms(net: Network) -> None:
     frank = subscriber(net, "cpm,sms")
     with Peer() as caller, device(net, frank, tags=SMSIP) as ue:
-        sent = cpm_message(caller, frank.registration_aor)
-        caller.send(sent, net.kamailio.address)
-        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
-        assert caller.recv_response().status == 202
+        sent = _via_the_ip_sm_gw(net, caller, frank.registration_aor)
         ue.expect_nothing(0.2)
     assert _rules(net, sent) == ["sms-interworking"]
 
@@ -187,10 +193,7 @@ def test_cpm_sms_subscriber_with_a_cpm_device_gets_it_there(net: Network) -> Non
 def test_cpm_sms_subscriber_with_no_device_gets_sms(net: Network) -> None:
     frank = subscriber(net, "cpm,sms")
     with Peer() as caller:
-        sent = cpm_message(caller, frank.registration_aor)
-        caller.send(sent, net.kamailio.address)
-        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
-        assert caller.recv_response().status == 202
+        _via_the_ip_sm_gw(net, caller, frank.registration_aor)
 
 
 def test_cpm_subscriber_whose_only_device_is_im_gets_the_im_tag(net: Network) -> None:
@@ -255,10 +258,7 @@ def test_routing_drops_contacts_the_summary_shows_expired(net: Network) -> None:
     frank = subscriber(net, "cpm,sms")
     with Peer() as caller, device(net, frank, tags=CPM_DEVICE) as ue:
         _set_summary(net, frank.registration_aor, f"{int(time.time()) - 1}:cpm")
-        sent = cpm_message(caller, frank.registration_aor)
-        caller.send(sent, net.kamailio.address)
-        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
-        assert caller.recv_response().status == 202
+        sent = _via_the_ip_sm_gw(net, caller, frank.registration_aor)
         ue.expect_nothing(0.2)
     assert _rules(net, sent) == ["sms-interworking"]
 
@@ -272,10 +272,7 @@ def test_contacts_removed_behind_the_registrar_cost_one_480(net: Network) -> Non
         caller.send(cpm_message(caller, frank.registration_aor), net.kamailio.address)
         assert caller.recv_response().status == 480
         assert _summary(net, frank.registration_aor) is None
-        sent = cpm_message(caller, frank.registration_aor)
-        caller.send(sent, net.kamailio.address)
-        net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
-        assert caller.recv_response().status == 202
+        sent = _via_the_ip_sm_gw(net, caller, frank.registration_aor)
     assert _rules(net, sent) == ["sms-interworking"]
 
 

@@ -238,20 +238,32 @@ def test_each_register_summarises_the_devices_of_the_aor(net: Network) -> None:
     assert _summary(net, aor) is None
 
 
+def _unregister_all(peer: Peer, aor: str, expires: int) -> SipMessage:
+    """A REGISTER of `Contact: *`, which the registrar accepts with Expires: 0 only."""
+    request = peer.request(
+        "REGISTER", f"sip:{aor.rpartition('@')[2]}", to=f"<{aor}>", from_=f"<{aor}>;tag=1"
+    )
+    return request.replace_header("Contact", "*").replace_header("Expires", str(expires))
+
+
 def test_a_register_the_registrar_refuses_is_answered_by_it(net: Network) -> None:
     """Saved without a reply so the plugin can summarise first: refusals are still answered."""
     frank = subscriber(net, "cpm")
     with Peer() as ue:
-        request = ue.request(
-            "REGISTER",
-            f"sip:{frank.registration_aor.rpartition('@')[2]}",
-            to=f"<{frank.registration_aor}>",
-            from_=f"<{frank.registration_aor}>;tag=1",
-        )
-        refused = ue.ask(request.replace_header("Contact", "*"), net.kamailio.address)
+        refused = ue.ask(_unregister_all(ue, frank.registration_aor, 3600), net.kamailio.address)
         ue.expect_nothing(0.2)  # one answer
     assert refused.status == 400  # "*" goes with Expires: 0 only
     assert _summary(net, frank.registration_aor) is None
+
+
+def test_removing_every_binding_removes_the_summary(net: Network) -> None:
+    frank = subscriber(net, "cpm,sms")
+    aor = frank.registration_aor
+    with Peer("127.0.0.5") as phone:
+        assert phone.register(net.kamailio.address, aor, contact_params=CPM_DEVICE).status == 200
+        assert _expiries_and_families(_summary(net, aor)) == [(3600, "cpm")]
+        assert phone.ask(_unregister_all(phone, aor, 0), net.kamailio.address).status == 200
+    assert _summary(net, aor) is None
 
 
 def test_routing_drops_contacts_the_summary_shows_expired(net: Network) -> None:

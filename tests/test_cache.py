@@ -231,6 +231,14 @@ def test_the_watcher_wakes_at_a_write_and_only_then(store: ProfileStore) -> None
     assert patient.stamp() != stamp
 
 
+def test_a_wait_that_runs_out_is_no_failure(redis_server: RedisServer) -> None:
+    """Redis answers an expired wait on its next tick, later than the wait: not a dead socket,
+    however short the client's own timeout."""
+    signal = ProfileStore(connect(redis_server.url, timeout=0.005)).signal(wait=0.05)
+    stamp = signal.stamp()
+    assert [signal.wait(stamp) for _ in range(10)] == [False] * 10
+
+
 def test_the_watcher_stamp_tells_a_wiped_data_set(own_redis: RedisServer) -> None:
     store = ProfileStore(connect(own_redis.url, timeout=1.0))
     store.put([unique()])

@@ -263,11 +263,14 @@ class ChangeSignal:
     BLOCK) until an entry comes after a stamp, so the watcher wakes at a write instead of polling.
     """
 
+    # Redis answers a wait that ran out on its next timer tick (10 a second by default), or later
+    # when busy: how much longer than the wait a blocked read may take before it counts as dead.
+    LATE = 1.0
+
     def __init__(self, client: redis.Redis, wait: float) -> None:
         self._wait_ms = round(wait * 1000)
-        # A blocked read must not count as a dead socket: the wait plus the client's own timeout.
         timeout = client.connection_pool.connection_kwargs["socket_timeout"]
-        self._connection = _Connection(client, socket_timeout=wait + timeout)
+        self._connection = _Connection(client, socket_timeout=wait + self.LATE + timeout)
         pack = self._connection.pack
         self._read = pack("GET", EPOCH) + pack("XREVRANGE", CHANGES, "+", "-", "COUNT", 1)
 

@@ -29,8 +29,9 @@ from conftest import (
 )
 from cpmiw.cache import CachedProfiles
 from cpmiw.profile import Profile
+from cpmiw.routing import StoreError
 from cpmiw.sipnet import Peer
-from cpmiw.store import BULK, ProfileStore, connect
+from cpmiw.store import BULK, CHANGES, ProfileStore, Stamp, connect
 from cpmiw.testing import make_profile
 
 
@@ -237,6 +238,20 @@ def test_a_wait_that_runs_out_is_no_failure(redis_server: RedisServer) -> None:
     signal = ProfileStore(connect(redis_server.url, timeout=0.005)).signal(wait=0.05)
     stamp = signal.stamp()
     assert [signal.wait(stamp) for _ in range(10)] == [False] * 10
+
+
+def test_a_change_stream_of_the_wrong_type_is_a_store_error(own_redis: RedisServer) -> None:
+    """A key overwritten by hand: the watcher is told, and reads again once it is repaired."""
+    store = ProfileStore(connect(own_redis.url, timeout=1.0))
+    signal = store.signal(wait=0.1)
+    own_redis.client().set(CHANGES, "not a stream")
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        signal.stamp()
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        signal.wait(Stamp("", "0-0"))
+    own_redis.client().delete(CHANGES)
+    store.put([unique()])
+    assert signal.stamp().last != "0-0"
 
 
 def test_the_watcher_stamp_tells_a_wiped_data_set(own_redis: RedisServer) -> None:

@@ -33,7 +33,7 @@ from cpmiw.cache import CachedProfiles
 from cpmiw.profile import Profile
 from cpmiw.routing import StoreError
 from cpmiw.sipnet import Peer, SipMessage
-from cpmiw.store import connect
+from cpmiw.store import EPOCH, connect
 from cpmiw.testing import make_profile
 
 TIMEOUT_MS, BACKOFF_MS = 50, 200
@@ -290,3 +290,22 @@ def test_slow_redis_costs_one_timeout_per_backoff_then_recovers(
     assert len(rounds) > 100
     # Recovered within two backoffs and timeouts (a check sent before the change may time out).
     assert statuses(recovering, "uncached", 2 * (BACKOFF_MS + TIMEOUT_MS) / 1000) == {403}
+
+
+def test_a_change_watcher_that_fails_unexpectedly_logs_and_carries_on(
+    redis_of_its_own: RedisServer, log_dir: Path
+) -> None:
+    """An epoch Redis holds that is no text (set by hand): a traceback, no flood, no stop."""
+    dave = barred()
+    with outage_network(redis_of_its_own, log_dir) as net, Peer() as caller:
+        net.provision(dave)
+        redis_of_its_own.client().set(EPOCH, b"\xff\xfe")
+        log = net.kamailio.wait_for_log("cpmiw: change watcher failed")
+        assert "UnicodeDecodeError" in log
+        redis_of_its_own.client().set(EPOCH, "repaired")
+        net.provision(Profile(identities=dave.identities, services=dave.services))  # 480
+        time.sleep(2 * BACKOFF_MS / 1000)  # the watcher back, the change published
+        request = caller.request("MESSAGE", dave.registration_aor, headers=CPM_PAGER)
+        assert caller.ask(request, net.kamailio.address).status == 480
+        failures = net.kamailio.log().count("cpmiw: change watcher failed")
+    assert 1 <= failures <= 2 * BACKOFF_MS / 1000 / 0.1 + 2  # one per backoff at most

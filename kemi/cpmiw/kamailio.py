@@ -221,6 +221,9 @@ class Router:
                 KSR.warn(f"cpmiw: change watcher cannot read Redis: {error}\n")
             self.watch_failing = True
             time.sleep(self.settings.redis_backoff)  # this process has nothing else to do
+        except Exception:  # not with a log line every millisecond
+            KSR.err(f"cpmiw: change watcher failed: {traceback.format_exc()}\n")
+            time.sleep(self.settings.redis_backoff)
         return 1
 
     def _publish(self, stamp: str) -> None:

@@ -277,7 +277,7 @@ class ChangeSignal:
     def stamp(self) -> Stamp:
         """The stamp as Redis has it now; StoreError when it cannot say."""
         self._connection.send(self._read)
-        epoch, last = self._connection.read(), self._connection.read()
+        epoch, last = self._replies(2)
         return Stamp(_text(epoch or b""), _text(last[0][0]) if last else "0-0")
 
     def wait(self, stamp: Stamp) -> bool:
@@ -287,7 +287,14 @@ class ChangeSignal:
                 "XREAD", "COUNT", 1, "BLOCK", self._wait_ms, "STREAMS", CHANGES, stamp.last
             )
         )
-        return self._connection.read() is not None
+        return self._replies(1)[0] is not None
+
+    def _replies(self, count: int) -> list[Any]:
+        try:
+            return [self._connection.read() for _ in range(count)]
+        except redis.ResponseError as error:  # a key of another type: tampered with by hand
+            self._connection.disconnect()  # a reply may still be pending
+            raise StoreError(f"redis: {error}") from error
 
 
 @dataclass(frozen=True)

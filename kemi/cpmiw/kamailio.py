@@ -313,18 +313,20 @@ class Router:
 
     def registered(self, _msg: object) -> int:
         """After a REGISTER was saved: what each contact's device takes, and the AOR's summary."""
+        aor = _pv("$tu")
         try:
             for uri, families in registered_contacts(_all("Contact")):
                 KSR.htable.sht_sets(DEVICE_TABLE, uri, families_text(families))
-            aor = _pv("$tu")
-            key, contacts = devices.usrloc_key(aor), _contacts(aor)
-            if contacts:
-                KSR.htable.sht_sets(devices.SUMMARY_TABLE, key, devices.summary(contacts))
-            else:
-                KSR.htable.sht_rm(devices.SUMMARY_TABLE, key)
+            contacts = _contacts(aor)
         except Exception:
             error = traceback.format_exc()
             KSR.err(f"cpmiw: registration tags not kept call-id={_pv('$ci')}: {error}\n")
+            contacts = []  # no summary then: routing reads usrloc itself
+        key = devices.usrloc_key(aor)
+        if contacts:
+            KSR.htable.sht_sets(devices.SUMMARY_TABLE, key, devices.summary(contacts))
+        else:
+            KSR.htable.sht_rm(devices.SUMMARY_TABLE, key)
         return 1
 
     def _apply(self, routing: Plan, request: Request, *, failing_over: bool = False) -> Decision:

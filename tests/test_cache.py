@@ -42,10 +42,14 @@ def unique(services: str = "cpm", **fields: object) -> Profile:
 
 
 class Watcher:
-    """Kamailio's change watcher, ticked by hand: publishes Redis's change stamp when told."""
+    """Kamailio's change watcher, ticked by hand: publishes Redis's change stamp when told.
+
+    It reads through a store of its own, as in its own process: what it reads is not counted as
+    the cache's stream reads.
+    """
 
     def __init__(self, store: ProfileStore) -> None:
-        self._signal = store.signal(wait=1.0)
+        self._signal = ProfileStore(store._client).signal(wait=1.0)
         self.published = ""
 
     def tick(self) -> None:

@@ -88,31 +88,25 @@ _FACTS = (
 _SEPARATOR = "\x1f"
 
 
-def _fact(name: str) -> tuple[str, ...]:
-    """The pseudo-variables of one fact: a header's count and every line of it, joined by commas."""
-    if name.startswith("$"):
-        return (name,)
-    return (f"$hdrc({name})", _all_lines(name))
-
-
-_FACT_VARIABLES = tuple(variable for name in _FACTS for variable in _fact(name))
-# Every fact in one KSR call: Kamailio evaluates the format ($_s), parsed once per process.
-ALL_FACTS = f"$_s({_SEPARATOR.join(_FACT_VARIABLES)})"
-
-
-def _places() -> tuple[tuple[int, int], ...]:
-    """Where each fact's value lies among _FACT_VARIABLES, and its header's count (-1: none)."""
-    places, at = [], 0
+def _layout() -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+    """The pseudo-variables read for _FACTS (a header: its count, then every line of it joined by
+    commas), and where each fact's value lies among them with its header's count (-1: none)."""
+    variables: list[str] = []
+    places: list[tuple[int, int]] = []
     for name in _FACTS:
-        if len(_fact(name)) == 1:
+        at = len(variables)
+        if name.startswith("$"):
             places.append((at, -1))
+            variables.append(name)
         else:
             places.append((at + 1, at))
-        at += len(_fact(name))
-    return tuple(places)
+            variables += [f"$hdrc({name})", _all_lines(name)]
+    return tuple(variables), tuple(places)
 
 
-_PLACES = _places()
+_FACT_VARIABLES, _PLACES = _layout()
+# Every fact in one KSR call: Kamailio evaluates the format ($_s), parsed once per process.
+ALL_FACTS = f"$_s({_SEPARATOR.join(_FACT_VARIABLES)})"
 # The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then each one's.
 CONTACT_COUNT = "$ulc(cpmiw=>count)"
 

@@ -162,7 +162,7 @@ class ProfileStore:
 
     def signal(self, wait: float) -> ChangeSignal:
         """The change watcher's reader of the stamp; `wait`: the longest a wait() blocks (s)."""
-        return ChangeSignal(self._client, wait)
+        return ChangeSignal(self, self._client, wait)
 
     def reader(self) -> Reader:
         """Look-ups on a connection of their own (one per worker): half the client's CPU."""
@@ -256,29 +256,28 @@ class Reader:
 
 
 class ChangeSignal:
-    """Has anything changed? Read by Kamailio's change watcher on a connection of its own.
+    """Has anything changed? Read by Kamailio's change watcher.
 
-    The stamp is the epoch and the id of the change stream's last entry: every write appends an
-    entry, and a wiped Redis has a new epoch (or none). `wait()` blocks on the stream (XREAD
-    BLOCK) until an entry comes after a stamp, so the watcher wakes at a write instead of polling.
+    The stamp is the epoch and the id of the change stream's last entry (`ProfileStore.changes`
+    from no cursor): every write appends an entry, and a wiped Redis has a new epoch (or none).
+    `wait()` blocks on the stream (XREAD BLOCK, on a connection of its own) until an entry comes
+    after a stamp, so the watcher wakes at a write instead of polling.
     """
 
     # Redis answers a wait that ran out on its next timer tick (10 a second by default), or later
     # when busy: how much longer than the wait a blocked read may take before it counts as dead.
     LATE = 1.0
 
-    def __init__(self, client: redis.Redis, wait: float) -> None:
+    def __init__(self, store: ProfileStore, client: redis.Redis, wait: float) -> None:
+        self._store = store
         self._wait_ms = round(wait * 1000)
         timeout = client.connection_pool.connection_kwargs["socket_timeout"]
         self._connection = _Connection(client, socket_timeout=wait + self.LATE + timeout)
-        pack = self._connection.pack
-        self._read = pack("GET", EPOCH) + pack("XREVRANGE", CHANGES, "+", "-", "COUNT", 1)
 
     def stamp(self) -> Stamp:
         """The stamp as Redis has it now; StoreError when it cannot say."""
-        self._connection.send(self._read)
-        epoch, last = self._replies(2)
-        return Stamp(_text(epoch or b""), _text(last[0][0]) if last else "0-0")
+        now = self._store.changes(None)
+        return Stamp(now.epoch, now.cursor)
 
     def wait(self, stamp: Stamp) -> bool:
         """Until the stream moves past `stamp` (True) or the wait is over (False); StoreError."""
@@ -287,13 +286,9 @@ class ChangeSignal:
                 "XREAD", "COUNT", 1, "BLOCK", self._wait_ms, "STREAMS", CHANGES, stamp.last
             )
         )
-        return self._replies(1)[0] is not None
-
-    def _replies(self, count: int) -> list[Any]:
         try:
-            return [self._connection.read() for _ in range(count)]
+            return self._connection.read() is not None
         except redis.ResponseError as error:  # a key of another type: tampered with by hand
-            self._connection.disconnect()  # a reply may still be pending
             raise StoreError(f"redis: {error}") from error
 
 

@@ -12,6 +12,7 @@ kernel's microsecond timestamps. For each transaction (Call-ID, CSeq) of the met
 
 from __future__ import annotations
 
+import itertools
 import signal
 import statistics
 import struct
@@ -89,20 +90,16 @@ def _transaction(payload: bytes) -> tuple[bool, int, str, str] | None:
     return (is_request, status, call_id, cseq) if call_id and cseq else None
 
 
+# s: a request arriving sooner than this after the previous is in its burst (sent back to back)
+BURST_GAP = 20e-6
+
+
 @dataclass(frozen=True)
 class Latency:
     samples: int
     round_trip: tuple[float, float]  # p50, p99 in ms
     added: tuple[float, float]  # p50, p99 in ms
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "samples": self.samples,
-            "rt_p50_ms": self.round_trip[0],
-            "rt_p99_ms": self.round_trip[1],
-            "added_p50_ms": self.added[0],
-            "added_p99_ms": self.added[1],
-        }
+    burst: float  # requests per burst reaching the proxy, on average (BURST_GAP)
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -156,4 +153,13 @@ def latency(path: Path, proxy_port: int, method: str) -> Latency:
         len(relayed),
         percentiles([t.round_trip for t in relayed]),
         percentiles([t.added for t in relayed]),
+        mean_burst([t.started for t in relayed]),
     )
+
+
+def mean_burst(arrivals: list[float]) -> float:
+    """Requests per burst: arrivals (sorted) less than BURST_GAP after the previous join it."""
+    if not arrivals:
+        return 0.0
+    bursts = 1 + sum(1 for a, b in itertools.pairwise(arrivals) if b - a >= BURST_GAP)
+    return round(len(arrivals) / bursts, 1)

@@ -350,19 +350,20 @@ def _counts(directory: Path, scenario: str, pid: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Usage:
-    """CPU time (ns) and memory (KB) of one process at one moment."""
+    """CPU time (ns), run-queue time (ns) and memory (KB) of one process at one moment."""
 
     cpu_ns: int
     rss_kb: int
     anon_kb: int  # private memory: Python objects, pkg memory; not the shared SHM
+    wait_ns: int  # runnable but waiting for a CPU, since the process started
 
 
 def usage(pid: int) -> Usage:
-    cpu = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    cpu, wait = (int(n) for n in Path(f"/proc/{pid}/schedstat").read_text().split()[:2])
     status = dict(
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
-    return Usage(cpu, int(status["VmRSS"].split()[0]), int(status["RssAnon"].split()[0]))
+    return Usage(cpu, int(status["VmRSS"].split()[0]), int(status["RssAnon"].split()[0]), wait)
 
 
 def udp_receive_drops() -> int:

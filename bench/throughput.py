@@ -81,6 +81,7 @@ class Worker:
     cpu_pct: float  # of one core, over the run
     rss_mb: float
     private_mb: float  # RssAnon: the process's own memory, without Kamailio's shared memory
+    waiting_pct: float  # of the run, runnable but waiting for a CPU (a request waits with it)
 
 
 @dataclass(frozen=True)
@@ -112,19 +113,34 @@ def measured_run(
     rate: int,
     seconds: float,
     window: tuple[float, float],
+    callers: int = 1,
 ) -> Measurement:
-    """One sipp run at `rate`, with a packet capture over `window` (seconds into the run)."""
+    """One run at `rate`, with a packet capture over `window` (seconds into the run).
+
+    `callers`: how many sipp UACs share the rate. One sipp sends in bursts (at 8,000/s, ~32
+    requests every 4 ms); several, each on its own clock, arrive spread out as independent
+    senders do.
+    """
     pids = kamailio.processes()
     before = {pid: usage(pid) for pid in pids}
-    run = Uac(lab, scenario.uac, kamailio.address, recipients, rate, seconds)
+    shares = _shares(rate, callers)
+    runs = [
+        Uac(lab, scenario.uac, kamailio.address, path, share, seconds, tag=f"-{n}")
+        for n, (share, path) in enumerate(zip(shares, _rotated(recipients, callers), strict=True))
+    ]
     time.sleep(window[0])
     capture = Capture(kamailio.port, lab.dir / f"{kamailio.name}-{scenario.method}-{rate}.pcap")
     time.sleep(window[1] - window[0])
     capture.stop()
-    result = run.wait()
+    results = [run.wait() for run in runs]
+    took = max(result.seconds for result in results)
+    successful = sum(result.successful for result in results)
     after = {pid: usage(pid) for pid in pids}
     lat = latency(capture.path, kamailio.port, scenario.method)
     capture.path.unlink()
+
+    def percent(ns: int) -> float:  # of the run
+        return round(100 * ns / 1e9 / took, 1)
 
     def cpu(pid: int) -> int:
         return after[pid].cpu_ns - before[pid].cpu_ns
@@ -132,14 +148,38 @@ def measured_run(
     busiest = sorted(pids, key=cpu, reverse=True)[:2]
     workers = [
         Worker(
-            round(100 * cpu(pid) / 1e9 / result.seconds, 1),
+            percent(cpu(pid)),
             round(after[pid].rss_kb / 1024, 1),
             round(after[pid].anon_kb / 1024, 1),
+            percent(after[pid].wait_ns - before[pid].wait_ns),
         )
         for pid in busiest
     ]
-    per_call = sum(cpu(pid) for pid in pids) / 1000 / max(result.successful, 1)
-    return Measurement(rate, result.calls, result.successful, lat, round(per_call, 1), workers)
+    per_call = sum(cpu(pid) for pid in pids) / 1000 / max(successful, 1)
+    calls = sum(run.calls for run in runs)
+    return Measurement(rate, calls, successful, lat, round(per_call, 1), workers)
+
+
+def _shares(rate: int, callers: int) -> list[int]:
+    """`rate` split over `callers` as evenly as whole calls/s allow."""
+    return [rate // callers + (n < rate % callers) for n in range(callers)]
+
+
+def _rotated(recipients: Path, callers: int) -> list[Path]:
+    """An injection file per caller, each starting further into `recipients`.
+
+    So that callers do not send to the same recipient at the same moment.
+    """
+    if callers == 1:
+        return [recipients]
+    mode, *lines = recipients.read_text().splitlines(keepends=True)
+    paths = []
+    for n in range(callers):
+        start = n * len(lines) // callers
+        path = recipients.with_name(f"{recipients.stem}-{n}-of-{callers}.csv")
+        path.write_text(mode + "".join(lines[start:] + lines[:start]))
+        paths.append(path)
+    return paths
 
 
 def climb(
@@ -180,6 +220,25 @@ def start(lab: Lab, config: str, redis_port: int, device: tuple[str, int]) -> Ka
     return start_native(lab, cfg, device, redis_port, tuned=config.endswith(TUNED))
 
 
+def started_warm(
+    lab: Lab, config: str, redis_port: int, device: tuple[str, int], draws: list[int], profiles: int
+) -> Kamailio:
+    """`config` started, its subscribers' devices registered, every recipient met (warm-up)."""
+    kamailio = start(lab, config, redis_port, device)
+    if not config.startswith("native-relay"):
+        started = time.monotonic()
+        registered = population.register(kamailio.address, range(profiles), device)
+        print(f"  {registered} devices registered in {time.monotonic() - started:.1f} s")
+    # Steady state: every worker has met the recipients (the product's caches are warm), as
+    # after the first minutes of a proxy in service. Same traffic for every configuration.
+    started = time.monotonic()
+    device_process, _ = uas(lab, SCENARIOS["message"].uas, *device)
+    warm_up(lab, kamailio.address, draws, SCENARIOS["message"].uac)
+    device_process.stop()
+    print(f"  warmed up in {time.monotonic() - started:.0f} s", flush=True)
+    return kamailio
+
+
 def bench_config(
     lab: Lab,
     config: str,
@@ -191,18 +250,7 @@ def bench_config(
 ) -> dict[str, ConfigResult]:
     """Every scenario through one configuration; sets the common rates when first called."""
     device = (UAS_HOST, free_port(UAS_HOST))
-    kamailio = start(lab, config, redis_port, device)
-    if not config.startswith("native-relay"):
-        started = time.monotonic()
-        registered = population.register(kamailio.address, range(options.profiles), device)
-        print(f"  {registered} devices registered in {time.monotonic() - started:.1f} s")
-    # Steady state: every worker has met the recipients (the product's caches are warm), as
-    # after the first minutes of a proxy in service. Same traffic for every configuration.
-    started = time.monotonic()
-    device_process, _ = uas(lab, SCENARIOS["message"].uas, *device)
-    warm_up(lab, kamailio.address, draws, SCENARIOS["message"].uac)
-    device_process.stop()
-    print(f"  warmed up in {time.monotonic() - started:.0f} s", flush=True)
+    kamailio = started_warm(lab, config, redis_port, device, draws, options.profiles)
     results = {}
     for name, scenario in SCENARIOS.items():
         print(f"  {config} {name}", flush=True)

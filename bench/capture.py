@@ -1,4 +1,4 @@
-"""Sub-millisecond latency from packet timestamps, since sipp's own clock ticks in 4 ms steps.
+"""Sub-millisecond latency from packet timestamps, since sipp times responses in whole ms.
 
 tcpdump records every UDP packet to or from the proxy's port on the loopback interface with the
 kernel's microsecond timestamps. For each transaction (Call-ID, CSeq) of the method measured:

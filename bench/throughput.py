@@ -11,7 +11,7 @@ for chat INVITE (INVITE/200/ACK/BYE), each configuration climbs a ladder of offe
 until a step completes < 99.9 % of its calls, then bisection to 5 %) and runs once more at a
 common rate, half the product's maximum, for latency, CPU and memory per worker. Every step
 captures packets for a while: latency comes from their kernel timestamps, not from sipp's
-4 ms clock. Last, the product alone with 1,000,000 profiles and uniformly drawn recipients
+whole milliseconds. Last, the product alone with 1,000,000 profiles and uniformly drawn recipients
 shows its workers' memory levelling off at the cache's cap.
 
 Results go to bench/results/<stamp>.json; bench.report draws the chart and the README table.
@@ -117,9 +117,8 @@ def measured_run(
 ) -> Measurement:
     """One run at `rate`, with a packet capture over `window` (seconds into the run).
 
-    `callers`: how many sipp UACs share the rate. One sipp sends in bursts (at 8,000/s, ~32
-    requests every 4 ms); several, each on its own clock, arrive spread out as independent
-    senders do.
+    `callers`: how many sipp UACs share the rate. One sipp sends in bursts (at 8,000/s, up to
+    ~30 requests back to back every ~4 ms); several, each on its own loop, send smaller ones.
     """
     pids = kamailio.processes()
     before = {pid: usage(pid) for pid in pids}

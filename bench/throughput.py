@@ -165,19 +165,19 @@ def _shares(rate: int, callers: int) -> list[int]:
 
 
 def _rotated(recipients: Path, callers: int) -> list[Path]:
-    """An injection file per caller, each starting further into `recipients`.
+    """An injection file per caller, each starting further into `recipients` (written once).
 
     So that callers do not send to the same recipient at the same moment.
     """
     if callers == 1:
         return [recipients]
-    mode, *lines = recipients.read_text().splitlines(keepends=True)
-    paths = []
-    for n in range(callers):
-        start = n * len(lines) // callers
-        path = recipients.with_name(f"{recipients.stem}-{n}-of-{callers}.csv")
-        path.write_text(mode + "".join(lines[start:] + lines[:start]))
-        paths.append(path)
+    name = f"{recipients.stem}-{{}}-of-{callers}.csv"
+    paths = [recipients.with_name(name.format(n)) for n in range(callers)]
+    if not all(path.exists() for path in paths):
+        mode, *lines = recipients.read_text().splitlines(keepends=True)
+        for n, path in enumerate(paths):
+            start = n * len(lines) // callers
+            path.write_text(mode + "".join(lines[start:] + lines[:start]))
     return paths
 
 

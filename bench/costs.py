@@ -21,7 +21,8 @@ import redis
 from bench import population
 from bench.lab import BENCH, UAS_HOST, Lab, start_native, start_product, uas, warm_up
 from bench.throughput import SCENARIOS, measured_run
-from cpmiw.store import ProfileStore, connect
+from cpmiw.store.profiles import ProfileStore
+from cpmiw.store.redis import connect
 from cpmiw.testing import free_port
 
 STAGES = {"python relay": "relay", "+ read request": "read", "product": "product"}

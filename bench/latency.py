@@ -33,7 +33,8 @@ from bench.throughput import (
     measured_run,
     started_warm,
 )
-from cpmiw.store import ProfileStore, connect
+from cpmiw.store.profiles import ProfileStore
+from cpmiw.store.redis import connect
 from cpmiw.testing import free_port
 
 CONFIGS = {"a' native relay, tuned": "native-relay-tuned", "c cpmiw": "product"}

@@ -43,8 +43,9 @@ from bench.lab import (
     uas,
     usage,
 )
-from cpmiw.rpc import KamailioRpc, RpcError
-from cpmiw.store import ProfileStore, connect
+from cpmiw.ops.rpc import KamailioRpc, RpcError
+from cpmiw.store.profiles import ProfileStore
+from cpmiw.store.redis import connect
 
 AS_TIMEOUT_MS = 1000
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import redis
 
-from cpmiw.profile import Profile
-from cpmiw.services import Family
-from cpmiw.store import ProfileStore
+from cpmiw.core.profile import Profile
+from cpmiw.core.services import Family
+from cpmiw.store.profiles import ProfileStore
 
 DOMAIN = "ims.example.net"
 NATIVE_KEY = "bench:"  # bench:<user> = cpm | im, for the native ndb_redis configuration

@@ -18,17 +18,17 @@ sys.path.insert(
 import cpmiw_kamailio  # noqa: F401  (puts the plugin's venv on the path)
 import KSR  # provided by app_python3 inside Kamailio
 
-from cpmiw import kamailio
+from cpmiw.proxy import facts, handlers
 
 STAGE = os.environ.get("BENCH_STAGE", "product")
 
 
-class StoppedRouter(kamailio.Router):
+class StoppedRouter(handlers.Handlers):
     def route_initial(self, msg: object) -> int:
         if STAGE == "product":
             return super().route_initial(msg)
         if STAGE == "read":
-            kamailio._request(kamailio._facts())  # the plugin's own reading of the request
+            facts.read_request()  # the plugin's own reading of the request
         if KSR.registrar.lookup("location") < 0:
             KSR.sl.send_reply(480, "Temporarily Unavailable")
         elif KSR.tm.t_relay() < 0:
@@ -37,4 +37,4 @@ class StoppedRouter(kamailio.Router):
 
 
 def mod_init() -> StoppedRouter:
-    return StoppedRouter(kamailio.mod_init().settings)
+    return StoppedRouter(handlers.mod_init().settings)

@@ -46,7 +46,8 @@ from bench.lab import (
     warm_up,
 )
 from cpmiw.settings import load_settings
-from cpmiw.store import ProfileStore, connect
+from cpmiw.store.profiles import ProfileStore
+from cpmiw.store.redis import connect
 
 RESULTS = BENCH / "results"
 SUCCESS = 0.999

@@ -15,6 +15,6 @@ _PYTHON = f"python{sys.version_info.major}.{sys.version_info.minor}"
 sys.path.insert(0, _HERE)
 site.addsitedir(os.path.join(_VENV, "lib", _PYTHON, "site-packages"))
 
-from cpmiw.kamailio import mod_init  # noqa: E402  (the paths above must be set first)
+from cpmiw.proxy.handlers import mod_init  # noqa: E402  (the paths above must be set first)
 
 __all__ = ["mod_init"]

@@ -1,7 +1,7 @@
 """Real processes for integration tests: a private redis-server and Kamailio with the repo's cfg.
 
 Both listen on free loopback ports chosen at run time and are stopped when their fixture ends.
-SIP peers (cpmiw.sipnet) bind their own loopback addresses: the IM AS on 127.0.0.3, the
+SIP peers (cpmiw.testing.sipnet) bind their own loopback addresses: the IM AS on 127.0.0.3, the
 IP-SM-GW on 127.0.0.4, so that the proxy can tell them from other senders by address.
 """
 
@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from cpmiw.profile import Profile
-from cpmiw.sipnet import Peer, SipMessage
-from cpmiw.store import Changes, ProfileStore, Reader, connect
+from cpmiw.core.message import SipMessage
+from cpmiw.core.profile import Profile
+from cpmiw.store.profiles import Changes, ProfileStore, Reader
+from cpmiw.store.redis import connect
 from cpmiw.testing import free_port, wait_until
+from cpmiw.testing.sipnet import Peer
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"

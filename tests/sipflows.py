@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from conftest import Network
-from cpmiw.profile import Profile
-from cpmiw.sipnet import Peer, SipMessage
+from cpmiw.core.message import SipMessage
+from cpmiw.core.profile import Profile
 from cpmiw.testing import make_profile
+from cpmiw.testing.sipnet import Peer
 
 ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi."
 CPM_MSG_ACCEPT = f'*;+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg";require;explicit'

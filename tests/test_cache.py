@@ -27,12 +27,12 @@ from conftest import (
     ask_together,
     start_redis,
 )
-from cpmiw.cache import CachedProfiles
-from cpmiw.profile import Profile
-from cpmiw.routing import StoreError
-from cpmiw.sipnet import Peer
-from cpmiw.store import BULK, CHANGES, ProfileStore, Stamp, connect
+from cpmiw.core.profile import Profile
+from cpmiw.store.cache import CachedProfiles
+from cpmiw.store.profiles import BULK, CHANGES, ProfileStore, Stamp
+from cpmiw.store.redis import StoreError, connect
 from cpmiw.testing import make_profile
+from cpmiw.testing.sipnet import Peer
 
 
 def unique(services: str = "cpm", **fields: object) -> Profile:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.classify import ServiceHeaders, classify
-from cpmiw.services import Family, Service
+from cpmiw.core.classify import ServiceHeaders, classify
+from cpmiw.core.services import Family, Service
 
 ICSI = "urn:urn-7:3gpp-service.ims.icsi."
 IARI_IM = '+g.3gpp.iari-ref="urn%3Aurn-7%3A3gpp-application.ims.iari.rcse.im"'

@@ -25,10 +25,11 @@ from click.testing import CliRunner, Result
 from test_explain import route_through_proxy
 
 from conftest import DOMAIN, Network, RedisServer
-from cpmiw import profile as profile_model
-from cpmiw.cli import main
-from cpmiw.sipnet import Peer, SipMessage
+from cpmiw.core import profile as profile_model
+from cpmiw.core.message import SipMessage
+from cpmiw.ops.cli import main
 from cpmiw.testing import make_profile
+from cpmiw.testing.sipnet import Peer
 
 BOB = f"sip:bob@{DOMAIN}"
 BOB_JSON = {"identities": [BOB, "tel:+15551230002"], "services": ["im"]}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cpmiw.decision import Action, FileTransferToSms, Policy, decide
-from cpmiw.profile import Interworking
-from cpmiw.services import Family, Service
+from cpmiw.core.decision import Action, FileTransferToSms, Policy, decide
+from cpmiw.core.profile import Interworking
+from cpmiw.core.services import Family, Service
 from cpmiw.testing import RECIPIENT_KINDS, make_profile
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import Network
-from cpmiw.cli_base import read_env_file
-from cpmiw.decision import Action
+from cpmiw.core.decision import Action
+from cpmiw.ops.options import read_env_file
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

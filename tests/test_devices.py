@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cpmiw.devices import registered, summary, usrloc_key
-from cpmiw.services import Family
+from cpmiw.core.devices import registered, summary, usrloc_key
+from cpmiw.core.services import Family
 
 CPM, IM, SMS = Family.CPM, Family.IM, Family.SMS
 

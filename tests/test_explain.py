@@ -16,12 +16,13 @@ from click.testing import CliRunner
 from test_decision import TABLE
 
 from conftest import DOMAIN, Network
-from cpmiw.cli import main
-from cpmiw.explain import RequestError, request_for, request_from_message
-from cpmiw.profile import Profile
-from cpmiw.services import Service
-from cpmiw.sipnet import Peer, SipMessage
+from cpmiw.core.message import SipMessage
+from cpmiw.core.profile import Profile
+from cpmiw.core.services import Service
+from cpmiw.ops.cli import main
+from cpmiw.ops.explain import RequestError, request_for, request_from_message
 from cpmiw.testing import RECIPIENT_KINDS
+from cpmiw.testing.sipnet import Peer
 
 LOG_FIELDS = re.compile(r" action=(\S+) rule=(\S+) status=(\S+)")
 SDP = (

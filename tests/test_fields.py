@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.fields import Span, entries, params, replace_spans, unquote_list
+from cpmiw.core.fields import Span, entries, params, replace_spans, unquote_list
 
 # Text made mostly of the characters the lexer cares about, plus arbitrary text.
 SIPISH = st.text(alphabet=' ,;="<>\\ab+.', max_size=40) | st.text(max_size=40)

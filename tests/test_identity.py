@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.identity import IdentityError, canonical
+from cpmiw.core.identity import IdentityError, canonical
 
 TEL = "tel:+15551230001"
 

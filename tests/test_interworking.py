@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Network, RedisServer, make_network
-from cpmiw.devices import SUMMARY_TABLE, usrloc_key
-from cpmiw.rpc import KamailioRpc, RpcError
-from cpmiw.sipnet import Peer, SipMessage, StatelessProxy
+from cpmiw.core.devices import SUMMARY_TABLE, usrloc_key
+from cpmiw.core.message import SipMessage
+from cpmiw.ops.rpc import KamailioRpc, RpcError
+from cpmiw.testing.sipnet import Peer, StatelessProxy
 from sipflows import (
     CPM_MSG_ACCEPT,
     ICSI,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from cpmiw.marker import binding, issue, verify
+from cpmiw.core.marker import binding, issue, verify
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 CALL_ID = "a84b4c76e66710@pc33.example.net"

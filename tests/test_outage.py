@@ -29,12 +29,13 @@ from conftest import (
     make_network,
     start_redis,
 )
-from cpmiw.cache import CachedProfiles
-from cpmiw.profile import Profile
-from cpmiw.routing import StoreError
-from cpmiw.sipnet import Peer, SipMessage
-from cpmiw.store import EPOCH, connect
+from cpmiw.core.message import SipMessage
+from cpmiw.core.profile import Profile
+from cpmiw.store.cache import CachedProfiles
+from cpmiw.store.profiles import EPOCH
+from cpmiw.store.redis import StoreError, connect
 from cpmiw.testing import make_profile
+from cpmiw.testing.sipnet import Peer
 
 TIMEOUT_MS, BACKOFF_MS = 50, 200
 ENV = {"CPMIW_REDIS_TIMEOUT_MS": str(TIMEOUT_MS), "CPMIW_REDIS_BACKOFF_MS": str(BACKOFF_MS)}

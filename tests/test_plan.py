@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from cpmiw import marker
-from cpmiw.classify import ServiceHeaders
-from cpmiw.decision import Action
-from cpmiw.profile import Profile, ProfileError
-from cpmiw.routing import Plan, Request, StoreError, plan
-from cpmiw.services import Family, Service
+from cpmiw.core import marker
+from cpmiw.core.classify import ServiceHeaders
+from cpmiw.core.decision import Action
+from cpmiw.core.profile import Profile, ProfileError
+from cpmiw.core.routing import Plan, Request, plan
+from cpmiw.core.services import Family, Service
 from cpmiw.settings import load_settings
+from cpmiw.store.redis import StoreError
 from cpmiw.testing import make_profile
 
 NOW = 1_800_000_000.0
-SETTINGS = load_settings(
+RULES = load_settings(
     {
         "CPMIW_SECRET": "s3cret",
         "CPMIW_IM_AS": "sip:127.0.0.3:5060",
         "CPMIW_IP_SM_GW": "sip:127.0.0.4:5060",
     }
-)
+).rules
 CPM_ACCEPT = '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'
 CPM_URN = "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg"
 PROFILES = {
@@ -50,14 +51,14 @@ def message(ruri: str, *, source: str = "127.0.0.1", route: str = "", **headers:
 
 
 def run(request: Request, **kwargs: object) -> Plan:
-    return plan(request, SETTINGS, lookup, no_devices_known, NOW, **kwargs)  # type: ignore[arg-type]
+    return plan(request, RULES, lookup, no_devices_known, NOW, **kwargs)  # type: ignore[arg-type]
 
 
 def own_route(token: str) -> str:
     return f"<sip:127.0.0.1:5060;lr;{marker.PARAM}={token}>"
 
 
-VALID = marker.issue(SETTINGS.secret, marker.binding("c1@h", "7", "MESSAGE"), NOW, 32)
+VALID = marker.issue(RULES.secret, marker.binding("c1@h", "7", "MESSAGE"), NOW, 32)
 
 
 @pytest.mark.parametrize(
@@ -125,8 +126,31 @@ def test_bad_markers_route_as_new_requests(source: str, token: str, warning: str
     assert routing.warnings[0].startswith(warning)
 
 
+def test_a_marker_honoured_once_is_a_replay_the_second_time() -> None:
+    honoured: set[str] = set()
+
+    def first_use(token: str) -> bool:
+        new = token not in honoured
+        honoured.add(token)
+        return new
+
+    request = message(
+        "sip:im@ims.example.net",
+        accept_contact=CPM_ACCEPT,
+        source="127.0.0.3",
+        route=own_route(VALID),
+    )
+    first = plan(request, RULES, lookup, no_devices_known, NOW, first_use)
+    again = plan(request, RULES, lookup, no_devices_known, NOW, first_use)
+    assert (first.decision.rule, first.marker) == ("returned-from-as", VALID)
+    # Routed as a new request of that AS: not sent back to it.
+    assert (again.decision.rule, again.marker) == ("from-as", None)
+    assert again.warnings == ("replayed AS marker from 127.0.0.3 ignored",)
+    assert again.routed  # its Route headers are still removed
+
+
 def test_marker_of_another_request_is_invalid() -> None:
-    other = marker.issue(SETTINGS.secret, marker.binding("c2@h", "7", "MESSAGE"), NOW, 32)
+    other = marker.issue(RULES.secret, marker.binding("c2@h", "7", "MESSAGE"), NOW, 32)
     routing = run(
         message(
             "sip:im@ims.example.net",
@@ -180,7 +204,7 @@ def test_unreadable_profile_follows_the_fail_policy(
     settings = load_settings(env)
     routing = plan(
         message("sip:cpm@ims.example.net", accept_contact=accept_contact),
-        settings,
+        settings.rules,
         failing,
         no_devices_known,
         NOW,
@@ -189,12 +213,19 @@ def test_unreadable_profile_follows_the_fail_policy(
     assert routing.warnings == (f"profile of sip:cpm@ims.example.net unavailable: {error}",)
 
 
-def test_as_failed_continue_decides_without_the_as() -> None:
-    routing = run(message("sip:im@ims.example.net", accept_contact=CPM_ACCEPT), use_as=False)
-    assert (routing.decision.rule, routing.decision.action) == (
+def test_a_plan_to_an_as_carries_the_decision_should_the_as_fail() -> None:
+    routing = run(message("sip:im@ims.example.net", accept_contact=CPM_ACCEPT))
+    assert routing.decision.action is Action.TO_IM_AS
+    assert routing.fallback is not None
+    assert (routing.fallback.rule, routing.fallback.action) == (
         "as-failed-continue",
         Action.REWRITE,
     )
+    assert routing.fallback.rewrite_to is Service.IM_PAGER
+
+
+def test_a_plan_without_an_as_has_no_fallback() -> None:
+    assert run(message("sip:cpm@ims.example.net", accept_contact=CPM_ACCEPT)).fallback is None
 
 
 def test_options_answered_on_behalf_of_a_subscriber_without_cpm() -> None:
@@ -214,10 +245,10 @@ def test_registrations_are_asked_only_for_messaging_to_a_known_subscriber() -> N
         asked.append(aor)
         return []
 
-    plan(message("sip:cpm@ims.example.net"), SETTINGS, lookup, registrations, NOW)
+    plan(message("sip:cpm@ims.example.net"), RULES, lookup, registrations, NOW)
     plan(
         message("sip:nobody@ims.example.net", accept_contact=CPM_ACCEPT),
-        SETTINGS,
+        RULES,
         lookup,
         registrations,
         NOW,
@@ -225,7 +256,7 @@ def test_registrations_are_asked_only_for_messaging_to_a_known_subscriber() -> N
     assert asked == []
     routing = plan(
         message("sip:cpm@ims.example.net", accept_contact=CPM_ACCEPT),
-        SETTINGS,
+        RULES,
         lookup,
         registrations,
         NOW,

@@ -8,7 +8,7 @@ import re
 import msgspec
 import pytest
 
-from cpmiw.profile import (
+from cpmiw.core.profile import (
     AsFailure,
     Interworking,
     Profile,
@@ -17,7 +17,7 @@ from cpmiw.profile import (
     encode,
     json_schema,
 )
-from cpmiw.services import Family
+from cpmiw.core.services import Family
 
 MINIMAL: dict[str, object] = {
     "identities": ["sip:bob@ims.example.net", "tel:+15551230002"],

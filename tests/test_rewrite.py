@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.rewrite import rewrite_feature_header, rewrite_service_header
-from cpmiw.services import Service
+from cpmiw.core.rewrite import rewrite_feature_header, rewrite_service_header
+from cpmiw.core.services import Service
 
 S = Service
 ICSI = "urn:urn-7:3gpp-service.ims.icsi."

@@ -11,8 +11,9 @@ import secrets
 import pytest
 
 from conftest import DOMAIN, Network
-from cpmiw.profile import Profile
-from cpmiw.sipnet import Dialog, Peer, SipMessage, StatelessProxy
+from cpmiw.core.message import SipMessage
+from cpmiw.core.profile import Profile
+from cpmiw.testing.sipnet import Dialog, Peer, StatelessProxy
 from sipflows import (
     CPM_MSG_ACCEPT,
     ICSI,

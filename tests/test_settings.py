@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
-from cpmiw.decision import FileTransferToSms, Policy
+from cpmiw.core.decision import FileTransferToSms, Policy
 from cpmiw.settings import DecisionLog, Settings, SettingsError, load_settings
 
 
 def test_default_policy() -> None:
-    assert load_settings({}).policy == Policy(
+    assert load_settings({}).rules.policy == Policy(
         im_as="sip:127.0.0.3:5060",
         ip_sm_gw="sip:127.0.0.4:5060",
         file_transfer_to_sms=FileTransferToSms.REJECT,
@@ -19,10 +19,10 @@ def test_default_policy() -> None:
 
 
 def test_default_secret_is_random() -> None:
-    first, second = load_settings({}).secret, load_settings({}).secret
+    first, second = load_settings({}).rules.secret, load_settings({}).rules.secret
     assert len(first) >= 32
     assert first != second
-    assert load_settings({"CPMIW_SECRET": ""}).secret not in (b"", first, second)
+    assert load_settings({"CPMIW_SECRET": ""}).rules.secret not in (b"", first, second)
 
 
 Read = Callable[[Settings], object]
@@ -30,7 +30,7 @@ Read = Callable[[Settings], object]
 VARIABLES: list[tuple[str, str, Read, object, object]] = [
     ("CPMIW_SIP_ADDR", "10.0.0.5", lambda s: s.sip_addr, "10.0.0.5", "127.0.0.1"),
     ("CPMIW_SIP_PORT", "5070", lambda s: s.sip_port, 5070, 5060),
-    ("CPMIW_DOMAINS", " IMS.Example.NET, ,other.example.org,", lambda s: s.domains,
+    ("CPMIW_DOMAINS", " IMS.Example.NET, ,other.example.org,", lambda s: s.rules.domains,
      {"ims.example.net", "other.example.org"}, {"ims.example.net"}),
     ("CPMIW_REDIS_URL", "redis://db.example.net:6390/2", lambda s: s.redis_url,
      "redis://db.example.net:6390/2", "redis://127.0.0.1:6379/0"),
@@ -38,22 +38,22 @@ VARIABLES: list[tuple[str, str, Read, object, object]] = [
     ("CPMIW_REDIS_BACKOFF_MS", "1500", lambda s: s.redis_backoff, 1.5, 0.5),
     ("CPMIW_CACHE_ENTRIES", "10", lambda s: s.cache_entries, 10, 50_000),
     ("CPMIW_CACHE_MAX_AGE", "60", lambda s: s.cache_max_age, 60, 300),
-    ("CPMIW_IM_AS", "sip:im-as.example.net", lambda s: s.policy.im_as, "sip:im-as.example.net",
-     "sip:127.0.0.3:5060"),
-    ("CPMIW_IP_SM_GW", "sip:gw@10.1.2.3:5080;transport=tcp", lambda s: s.policy.ip_sm_gw,
+    ("CPMIW_IM_AS", "sip:im-as.example.net", lambda s: s.rules.policy.im_as,
+     "sip:im-as.example.net", "sip:127.0.0.3:5060"),
+    ("CPMIW_IP_SM_GW", "sip:gw@10.1.2.3:5080;transport=tcp", lambda s: s.rules.policy.ip_sm_gw,
      "sip:gw@10.1.2.3:5080;transport=tcp", "sip:127.0.0.4:5060"),
-    ("CPMIW_FT_TO_SMS", "ip_sm_gw", lambda s: s.policy.file_transfer_to_sms,
+    ("CPMIW_FT_TO_SMS", "ip_sm_gw", lambda s: s.rules.policy.file_transfer_to_sms,
      FileTransferToSms.IP_SM_GW, FileTransferToSms.REJECT),
-    ("CPMIW_AS_ADDRESSES", "10.9.9.9, AS.Example.NET", lambda s: s.as_addresses,
+    ("CPMIW_AS_ADDRESSES", "10.9.9.9, AS.Example.NET", lambda s: s.rules.as_addresses,
      {"10.9.9.9", "as.example.net"}, {"127.0.0.3", "127.0.0.4"}),
-    ("CPMIW_TRUSTED_ADDRESSES", "10.7.7.7,SBC.example.net", lambda s: s.trusted_addresses,
+    ("CPMIW_TRUSTED_ADDRESSES", "10.7.7.7,SBC.example.net", lambda s: s.rules.trusted_addresses,
      {"10.7.7.7", "sbc.example.net", "127.0.0.3", "127.0.0.4"}, {"127.0.0.3", "127.0.0.4"}),
-    ("CPMIW_SECRET", "s3cret", lambda s: s.secret, b"s3cret", None),
+    ("CPMIW_SECRET", "s3cret", lambda s: s.rules.secret, b"s3cret", None),
     ("CPMIW_MARKER_TTL", "5", lambda s: s.marker_ttl, 5, 32),
-    ("CPMIW_ON_PROFILE_ERROR", "deliver", lambda s: s.deliver_on_profile_error, True, False),
+    ("CPMIW_ON_PROFILE_ERROR", "deliver", lambda s: s.rules.deliver_on_profile_error, True, False),
     ("CPMIW_RETRY_AFTER", "120", lambda s: s.retry_after, 120, 30),
     ("CPMIW_AS_TIMEOUT_MS", "500", lambda s: s.as_timeout, 500, 2000),
-    ("CPMIW_OPTIONS", "relay", lambda s: s.answer_options, False, True),
+    ("CPMIW_OPTIONS", "relay", lambda s: s.rules.answer_options, False, True),
     ("CPMIW_CONVERSATION_TTL", "3600", lambda s: s.conversation_ttl, 3600, 86400),
     ("CPMIW_SHADOW", "on", lambda s: s.shadow, True, False),
     ("CPMIW_DECISION_LOG", "all", lambda s: s.decision_log, DecisionLog.ALL, DecisionLog.REJECTS),
@@ -91,16 +91,16 @@ def test_as_addresses_default_to_the_as_hosts(
     im_as: str, ip_sm_gw: str, expected: set[str]
 ) -> None:
     settings = load_settings({"CPMIW_IM_AS": im_as, "CPMIW_IP_SM_GW": ip_sm_gw})
-    assert settings.as_addresses == expected
-    assert settings.as_hosts == expected
+    assert settings.rules.as_addresses == expected
+    assert settings.rules.as_hosts == expected
 
 
 def test_explicit_as_addresses_win_and_are_trusted() -> None:
     env = {"CPMIW_IM_AS": "sip:as.example.net", "CPMIW_AS_ADDRESSES": "10.0.0.9"}
     settings = load_settings(env)
-    assert settings.as_addresses == {"10.0.0.9"}
-    assert settings.as_hosts == {"as.example.net", "127.0.0.4"}
-    assert settings.trusted_addresses == {"10.0.0.9"}
+    assert settings.rules.as_addresses == {"10.0.0.9"}
+    assert settings.rules.as_hosts == {"as.example.net", "127.0.0.4"}
+    assert settings.rules.trusted_addresses == {"10.0.0.9"}
 
 
 NUMBERS = [name for name, value, *_ in VARIABLES if value.isdigit()]

@@ -9,16 +9,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from cpmiw.sipnet import (
-    Dialog,
-    Peer,
-    SipMessage,
-    StatelessProxy,
-    host_port_of,
-    split_header_list,
-    tag_of,
-    uri_of,
-)
+from cpmiw.core.message import SipMessage, header_entries
+from cpmiw.testing.sipnet import Dialog, Peer, StatelessProxy, host_port_of, tag_of, uri_of
 
 MakePeer = Callable[..., Peer]
 
@@ -143,8 +135,8 @@ def test_header_editing_returns_modified_copies() -> None:
         ("", []),
     ],
 )
-def test_split_header_list(value: str, parts: list[str]) -> None:
-    assert split_header_list(value) == parts
+def test_header_entries(value: str, parts: list[str]) -> None:
+    assert header_entries(value) == parts
 
 
 @pytest.mark.parametrize(

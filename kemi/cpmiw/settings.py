@@ -13,7 +13,9 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .decision import Action, Decision, FileTransferToSms, Policy
+from .core.decision import Action, Decision, FileTransferToSms, Policy
+from .core.identity import host_of
+from .core.routing import Rules
 
 
 class SettingsError(ValueError):
@@ -42,37 +44,18 @@ class DecisionLog(enum.Enum):
 class Settings:
     sip_addr: str
     sip_port: int
-    domains: frozenset[str]
+    rules: Rules  # what routing.plan() reads
     redis_url: str
     redis_timeout: float  # seconds
     redis_backoff: float  # s without Redis calls after a failure (circuit breaker)
     cache_entries: int  # profiles cached per worker process
     cache_max_age: float  # s after which a cached profile is fetched again
-    policy: Policy
-    as_addresses: frozenset[str]
-    trusted_addresses: frozenset[str]  # may assert services (P-Asserted-Service)
-    secret: bytes
     marker_ttl: int
-    deliver_on_profile_error: bool
     retry_after: int
     as_timeout: int  # ms an AS has to answer before its default handling applies
-    answer_options: bool
     conversation_ttl: int  # s the CPM conversation of an SMS interworking is remembered
     shadow: bool  # decide, log and count, but deliver everything unchanged
     decision_log: DecisionLog
-
-    @property
-    def as_hosts(self) -> frozenset[str]:
-        """Hosts of the default ASes: requests addressed to them are relayed, not routed."""
-        return frozenset(host_of(uri) for uri in (self.policy.im_as, self.policy.ip_sm_gw))
-
-
-def host_of(uri: str) -> str:
-    """The host of a SIP URI, lower-cased: `sip:user@Host:port;params` -> host."""
-    hostport = uri.partition(":")[2].split(";", 1)[0].rsplit("@", 1)[-1].lower()
-    if hostport.startswith("["):  # IPv6 reference
-        return hostport.split("]", 1)[0] + "]"
-    return hostport.split(":", 1)[0]
 
 
 def _sip_uri(env: Mapping[str, str], name: str, default: str) -> str:
@@ -117,24 +100,26 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     return Settings(
         sip_addr=env.get("CPMIW_SIP_ADDR", "127.0.0.1"),
         sip_port=_int(env, "CPMIW_SIP_PORT", 5060, most=65535),
-        domains=_list(env, "CPMIW_DOMAINS", "ims.example.net"),
+        rules=Rules(
+            domains=_list(env, "CPMIW_DOMAINS", "ims.example.net"),
+            policy=policy,
+            as_addresses=as_addresses,
+            trusted_addresses=as_addresses | _list(env, "CPMIW_TRUSTED_ADDRESSES", ""),
+            secret=secret.encode(),
+            deliver_on_profile_error=_choice(
+                env, "CPMIW_ON_PROFILE_ERROR", "reject", ("reject", "deliver")
+            )
+            == "deliver",
+            answer_options=_choice(env, "CPMIW_OPTIONS", "answer", ("answer", "relay")) == "answer",
+        ),
         redis_url=env.get("CPMIW_REDIS_URL", "redis://127.0.0.1:6379/0"),
         redis_timeout=_int(env, "CPMIW_REDIS_TIMEOUT_MS", 50) / 1000,
         redis_backoff=_int(env, "CPMIW_REDIS_BACKOFF_MS", 500) / 1000,
         cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 50_000),
         cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
-        policy=policy,
-        as_addresses=as_addresses,
-        trusted_addresses=as_addresses | _list(env, "CPMIW_TRUSTED_ADDRESSES", ""),
-        secret=secret.encode(),
         marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32, most=300),
-        deliver_on_profile_error=_choice(
-            env, "CPMIW_ON_PROFILE_ERROR", "reject", ("reject", "deliver")
-        )
-        == "deliver",
         retry_after=_int(env, "CPMIW_RETRY_AFTER", 30),
         as_timeout=_int(env, "CPMIW_AS_TIMEOUT_MS", 2000),
-        answer_options=_choice(env, "CPMIW_OPTIONS", "answer", ("answer", "relay")) == "answer",
         conversation_ttl=_int(env, "CPMIW_CONVERSATION_TTL", 86400),
         shadow=_choice(env, "CPMIW_SHADOW", "off", ("off", "on")) == "on",
         decision_log=DecisionLog(

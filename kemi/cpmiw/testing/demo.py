@@ -1,4 +1,4 @@
-"""`python -m cpmiw.demo`: watch the running demo proxy (`make run`) route three CPM messages.
+"""`python -m cpmiw.testing.demo`: watch the demo proxy (`make run`) route three CPM messages.
 
 Plays the IP-SM-GW at its configured address and two registered devices, bob (IM only) and
 dave (CPM), then sends a CPM pager MESSAGE to carol (SMS only), bob and dave and prints what
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from .settings import load_settings
-from .sipnet import Peer, SipMessage, host_port_of
+from ..core.message import SipMessage
+from ..settings import load_settings
+from .sipnet import Peer, host_port_of
 
 DOMAIN = "ims.example.net"
 CPM_MSG_ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"
@@ -39,7 +40,7 @@ def _cpm_message(caller: Peer, user: str) -> SipMessage:
 def main() -> int:
     settings = load_settings()
     proxy = (settings.sip_addr, settings.sip_port)
-    gw_host, gw_port = host_port_of(settings.policy.ip_sm_gw)
+    gw_host, gw_port = host_port_of(settings.rules.policy.ip_sm_gw)
     with (
         Peer(gw_host, port=gw_port) as ip_sm_gw,
         Peer() as bob,

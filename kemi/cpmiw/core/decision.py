@@ -56,6 +56,11 @@ class Decision:
             return f"rewrite to {self.rewrite_to.value}, deliver"
         return self.action.value
 
+    @property
+    def log_fields(self) -> str:
+        """Its fields in the proxy's decision log line, which `cpmiw explain` prints too."""
+        return f"action={self.action.value} rule={self.rule} status={self.status or '-'}"
+
 
 class FileTransferToSms(enum.Enum):
     """File transfer to an SMS-only recipient: the IP-SM-GW can send a link, or it cannot."""

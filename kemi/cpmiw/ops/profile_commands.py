@@ -16,8 +16,11 @@ import click
 import msgspec
 import redis
 
-from . import profile as profile_model
-from .cli_base import (
+from ..core import profile as profile_model
+from ..core.identity import canonical
+from ..core.profile import AsFailure, Interworking, Profile, ProfileError
+from ..store.redis import StoreError
+from .options import (
     EXIT_DIFFERENT,
     EXIT_INVALID,
     EXIT_NOT_FOUND,
@@ -32,8 +35,6 @@ from .cli_base import (
     read_source,
     stored,
 )
-from .identity import canonical
-from .profile import AsFailure, Interworking, Profile, ProfileError
 from .provision import (
     FORMATS,
     Change,
@@ -45,7 +46,6 @@ from .provision import (
     read_entries,
     to_csv,
 )
-from .routing import StoreError
 
 
 def _as_json(profile: Profile) -> str:

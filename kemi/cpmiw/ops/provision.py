@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import msgspec
 import redis
 
-from . import profile as profile_model
-from .profile import Profile, ProfileError
-from .store import ALIAS, PROFILE, ProfileStore
+from ..core import profile as profile_model
+from ..core.profile import Profile, ProfileError
+from ..store.profiles import ALIAS, PROFILE, ProfileStore
 
 FORMATS = ("json", "jsonl", "csv")
 COLUMNS: tuple[str, ...] = Profile.__struct_fields__

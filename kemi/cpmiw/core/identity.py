@@ -78,3 +78,9 @@ def _strip_port(host: str) -> str:
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
     return host.split(":", 1)[0]
+
+
+def host_of(uri: str) -> str:
+    """The host of a SIP URI, lower-cased: `sip:user@Host:port;params` -> `host`, `[v6]` kept."""
+    hostport = uri.partition(":")[2].split(";", 1)[0].rsplit("@", 1)[-1]
+    return _strip_port(hostport).lower()

@@ -6,7 +6,7 @@ user's reply towards the CPM user without them, the proxy puts them back: the re
 Conversation-ID (a fresh one if none), a fresh Contribution-ID, and InReplyTo-Contribution-ID
 pointing at the last contribution. Headers already present are never overwritten.
 
-Redis key: `cpmiw:1:conv:<cpm party>|<sms party>`, a hash {conversation, contribution}, expiring.
+The store keeps them: store/conversations.py.
 """
 
 from __future__ import annotations
@@ -14,11 +14,6 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-import redis
-
-from .routing import StoreError
-
-KEY = "cpmiw:1:conv:"
 CONVERSATION_ID = "Conversation-ID"
 CONTRIBUTION_ID = "Contribution-ID"
 IN_REPLY_TO = "InReplyTo-Contribution-ID"
@@ -54,39 +49,3 @@ def headers_to_add(
     if IN_REPLY_TO not in present and remembered is not None:
         added.append((IN_REPLY_TO, remembered.contribution))
     return added, Conversation(conversation, contribution)
-
-
-class ConversationStore:
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
-        self._client = client
-        self._ttl = ttl
-
-    def remember(self, cpm_party: str, sms_party: str, state: Conversation) -> None:
-        key = f"{KEY}{cpm_party}|{sms_party}"
-        try:
-            with self._client.pipeline(transaction=True) as tx:
-                tx.hset(
-                    key,
-                    mapping={
-                        "conversation": state.conversation,
-                        "contribution": state.contribution,
-                    },
-                )
-                tx.expire(key, self._ttl)
-                tx.execute()
-        except redis.RedisError as error:
-            raise StoreError(f"redis: {error}") from error
-
-    def recall(self, cpm_party: str, sms_party: str) -> Conversation | None:
-        try:
-            stored = self._client.hgetall(f"{KEY}{cpm_party}|{sms_party}")
-        except redis.RedisError as error:
-            raise StoreError(f"redis: {error}") from error
-        values = {_text(name): _text(value) for name, value in stored.items()}
-        if "conversation" not in values or "contribution" not in values:
-            return None
-        return Conversation(values["conversation"], values["contribution"])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from .devices import usrloc_key
-from .services import DEVICE_TABLE, Family, families_of_text
+from ..core.devices import usrloc_key
+from ..core.services import DEVICE_TABLE, Family, families_of_text
 
 _MAX_DATAGRAM = 1 << 20
 # Kamailio 5.6 answers "not found" with code 500: only the messages tell it from a failure.

@@ -1,7 +1,9 @@
 """From the facts of one initial request to a routing plan: the whole flow, without I/O.
 
-The Kamailio adapter and `cpmiw explain` both call `plan()`; the profile look-up is the one
-injected dependency (`Lookup`), so the proxy and the CLI cannot disagree about a request.
+The Kamailio adapter and `cpmiw explain` both call `plan()`; what it asks of the world is
+injected (`Lookup`, `Registrations`, `FirstUse`), so the proxy and the CLI cannot disagree about a
+request. Each request is decided once: the plan also carries what to do if the AS it names fails
+(`Plan.fallback`), so the AS's default handling applies that instead of deciding again.
 
     returning from an AS with a valid marker -> deliver (never to an AS again)
     Request-URI not ours                     -> relay if addressed to an AS, else 403
@@ -17,20 +19,46 @@ from dataclasses import dataclass, field, replace
 from . import fields, marker
 from .classify import ServiceHeaders, classify
 from .decision import Action, Decision, Devices, Policy, decide
-from .identity import IdentityError, canonical
+from .identity import IdentityError, canonical, host_of
 from .profile import Profile, ProfileError
 from .services import CPM_SERVICES, Family, Service
-from .settings import Settings, host_of
 
 
-class StoreError(RuntimeError):
-    """The profile store could not be asked (down, slow, refused)."""
+class UnavailableError(RuntimeError):
+    """What a `Lookup` raises when it cannot answer (the profile store is down, slow, refused):
+    not the same as an answer of "no such subscriber"."""
 
 
-# Finds the profile owning a canonical identity; raises StoreError or ProfileError.
+# Finds the profile owning a canonical identity; raises UnavailableError or ProfileError.
 Lookup = Callable[[str], Profile | None]
 # The devices registered for an AOR, each as the families its Contact's feature tags name.
 Registrations = Callable[[str], list[frozenset[Family]]]
+# Whether a valid AS marker is honoured for the first time, recording that it now is: a second
+# use is a replay.
+FirstUse = Callable[[str], bool]
+
+
+def unrecorded(_token: str) -> bool:
+    """A `FirstUse` for what only looks (`cpmiw explain`, tests): every marker is new."""
+    return True
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What routing needs of the proxy's settings (settings.py reads them from CPMIW_*)."""
+
+    domains: frozenset[str]  # served domains: their Request-URIs are routed
+    policy: Policy
+    as_addresses: frozenset[str]  # may send requests back from an AS
+    trusted_addresses: frozenset[str]  # may assert services (P-Asserted-Service)
+    secret: bytes  # HMAC key of the AS markers
+    deliver_on_profile_error: bool
+    answer_options: bool  # answer OPTIONS for subscribers without CPM
+
+    @property
+    def as_hosts(self) -> frozenset[str]:
+        """Hosts of the default ASes: requests addressed to them are relayed, not routed."""
+        return frozenset(host_of(uri) for uri in (self.policy.im_as, self.policy.ip_sm_gw))
 
 
 @dataclass(frozen=True)
@@ -50,8 +78,7 @@ class Request:
 
     @property
     def host(self) -> str:
-        hostport = self.ruri.partition(":")[2].split(";", 1)[0].rpartition("@")[2]
-        return hostport.split(":", 1)[0].lower()
+        return host_of(self.ruri)
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,7 @@ class Plan:
     untrusted: bool = False  # sender may not assert services: drop its P-Asserted-Service
     marker: str | None = None  # the valid AS marker the request came back with
     routed: bool = False  # the request carries Route headers (ours or preloaded): drop them
+    fallback: Decision | None = None  # to an AS: the decision should the AS fail (`continue`)
 
     @property
     def aor(self) -> str | None:
@@ -89,47 +117,35 @@ PROFILE_UNAVAILABLE = Decision(Action.REJECT, "profile-unavailable", 503, "Servi
 
 def plan(
     request: Request,
-    settings: Settings,
+    rules: Rules,
     lookup: Lookup,
     registrations: Registrations,
     now: float,
-    *,
-    use_as: bool = True,
+    first_use: FirstUse = unrecorded,
 ) -> Plan:
-    """The plan for `request`; `use_as=False` when its AS failed with default handling continue."""
-    untrusted = request.source not in settings.trusted_addresses
+    """The plan for `request`, decided once."""
+    untrusted = request.source not in rules.trusted_addresses
     routed = bool(request.route)
     service = classify(request.headers, trusted=not untrusted)
-    token, warnings = _returning_from_as(request, settings, now)
-    if token is not None:
-        # Delivered with the tag the recipient understands, never handed to an AS again.
-        rule, use_as = "returned-from-as", False
-    elif not request.ruri.lower().startswith("tel:") and request.host not in settings.domains:
+    token, warnings = _returning_from_as(request, rules, now, first_use)
+    if (
+        token is None
+        and not request.ruri.lower().startswith("tel:")
+        and (request.host not in rules.domains)
+    ):
         decision = Decision(Action.DELIVER, ADDRESSED_TO_AS)
-        if request.host not in settings.as_hosts:
+        if request.host not in rules.as_hosts:
             decision = FOREIGN
-        return Plan(
-            Service.NONE,
-            decision,
-            warnings=warnings,
-            untrusted=untrusted,
-            routed=routed,
-        )
-    else:
-        rule = "" if use_as else "as-failed-continue"
+        return Plan(Service.NONE, decision, warnings=warnings, untrusted=untrusted, routed=routed)
     try:
         identity = _canonical(request.ruri)
         profile = lookup(identity)
     except IdentityError:
         return Plan(
-            service,
-            NOT_A_SUBSCRIBER,
-            warnings=warnings,
-            untrusted=untrusted,
-            routed=routed,
+            service, NOT_A_SUBSCRIBER, warnings=warnings, untrusted=untrusted, routed=routed
         )
-    except (StoreError, ProfileError) as error:
-        lenient = settings.deliver_on_profile_error or service is Service.NONE or token is not None
+    except (UnavailableError, ProfileError) as error:
+        lenient = rules.deliver_on_profile_error or service is Service.NONE or token is not None
         decision = Decision(Action.DELIVER, "profile-unavailable-deliver")
         return Plan(
             service,
@@ -142,7 +158,16 @@ def plan(
     devices = None
     if profile is not None and not profile.barred and service.family is not None:
         devices = registrations(profile.registration_aor)
-    decision = _decide(request, service, profile, devices, settings, use_as=use_as, rule=rule)
+    if token is not None:
+        # Delivered with the tag the recipient understands, never handed to an AS again.
+        decision = _renamed(_decide(request, service, profile, devices, rules, False), RETURNED)
+        fallback = None
+    else:
+        decision = _decide(request, service, profile, devices, rules, True)
+        fallback = None
+        if decision.target is not None:
+            without_as = decide(service, profile, rules.policy, devices, use_as=False)
+            fallback = _renamed(without_as, AS_FAILED_CONTINUE)
     return Plan(
         service,
         decision,
@@ -152,8 +177,18 @@ def plan(
         warnings,
         untrusted,
         token,
-        bool(request.route),
+        routed,
+        fallback,
     )
+
+
+RETURNED = "returned-from-as"
+AS_FAILED_CONTINUE = "as-failed-continue"
+
+
+def _renamed(decision: Decision, rule: str) -> Decision:
+    """`decision` with `rule` naming why it was reached; a reject keeps its own rule."""
+    return decision if decision.action is Action.REJECT else replace(decision, rule=rule)
 
 
 def _decide(
@@ -161,24 +196,18 @@ def _decide(
     service: Service,
     profile: Profile | None,
     devices: Devices,
-    settings: Settings,
-    *,
+    rules: Rules,
     use_as: bool,
-    rule: str,
 ) -> Decision:
-    """The decision, with `rule` (when given) naming why it was reached."""
-    answer = None
-    if request.method == "OPTIONS" and profile is not None and settings.answer_options:
-        answer = answer_options(profile, settings.policy)
-    if answer is not None:
-        return answer
-    decision = decide(service, profile, settings.policy, devices, use_as=use_as)
+    """The decision; `use_as=False` for a request back from an AS."""
+    if request.method == "OPTIONS" and profile is not None and rules.answer_options:
+        answer = answer_options(profile, rules.policy)
+        if answer is not None:
+            return answer
+    decision = decide(service, profile, rules.policy, devices, use_as=use_as)
     if decision.target is not None and host_of(decision.target) == request.source:
         # Sent by that very AS: not back to it, but to the recipient.
-        rule = "from-as"
-        decision = decide(service, profile, settings.policy, devices, use_as=False)
-    if rule and decision.action is not Action.REJECT:
-        decision = replace(decision, rule=rule)
+        return _renamed(decide(service, profile, rules.policy, devices, use_as=False), "from-as")
     return decision
 
 
@@ -200,9 +229,10 @@ def answer_options(profile: Profile, policy: Policy) -> Decision | None:
 
 
 def _returning_from_as(
-    request: Request, settings: Settings, now: float
+    request: Request, rules: Rules, now: float, first_use: FirstUse
 ) -> tuple[str | None, tuple[str, ...]]:
-    """The marker of the top Route when it is ours, valid for this request, from an AS address."""
+    """The marker of the top Route when it is ours, valid for this request, from an AS address,
+    and honoured for the first time."""
     if f";{marker.PARAM}=" not in request.route:
         return None, ()
     top = fields.entries(request.route)[0]
@@ -211,9 +241,11 @@ def _returning_from_as(
     token = next((p.value for p in fields.params(uri_span) if p.name == marker.PARAM), None)
     if token is None:
         return None, ()
-    if request.source not in settings.as_addresses:
+    if request.source not in rules.as_addresses:
         return None, (f"AS marker from non-AS address {request.source} ignored",)
     bound_to = marker.binding(request.call_id, request.cseq, request.method)
-    if not marker.verify(settings.secret, token, bound_to, now):
+    if not marker.verify(rules.secret, token, bound_to, now):
         return None, (f"invalid or expired AS marker from {request.source} ignored",)
+    if not first_use(token):
+        return None, (f"replayed AS marker from {request.source} ignored",)
     return token, ()

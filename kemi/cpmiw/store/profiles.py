@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
-from . import profile as profile_model
-from .profile import Profile
-from .routing import StoreError
+from ..core import profile as profile_model
+from ..core.profile import Profile
+from .redis import Connection, StoreError, text
 
 PREFIX = "cpmiw:1:"
 PROFILE = PREFIX + "profile:"
@@ -73,18 +71,6 @@ class Changes:
 def _stream_id(text: str) -> tuple[int, int]:
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
-
-
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A client that fails fast: a SIP worker must never wait long on a dead socket."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry_on_timeout=False,
-        retry=None,
-        health_check_interval=0,
-    )
 
 
 class ProfileStore:
@@ -148,16 +134,16 @@ class ProfileStore:
             )
         except redis.RedisError as error:
             raise StoreError(f"redis: {error}") from error
-        epoch, last = _text(epoch), _text(last)
+        epoch, last = text(epoch), text(last)
         if cursor is None or cursor == last:
             return Changes(epoch, last, frozenset())
-        ids = [_text(entry_id) for entry_id, _ in entries]
+        ids = [text(entry_id) for entry_id, _ in entries]
         # An entry after the cursor trimmed away, or the stream deleted: anything may be lost.
-        trimmed = cursor != "0-0" and _stream_id(_text(first)) > _stream_id(cursor)
+        trimmed = cursor != "0-0" and _stream_id(text(first)) > _stream_id(cursor)
         behind = trimmed or last == "0-0"
         if behind or not ids or ids[-1] != last:
             return Changes(epoch, last, None)  # trimmed, deleted, or too far behind
-        touched = {_text(f) for _, fields in entries for f in fields[::2]}
+        touched = {text(f) for _, fields in entries for f in fields[::2]}
         return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
 
     def signal(self, wait: float) -> ChangeSignal:
@@ -176,63 +162,11 @@ def _record_change(tx: redis.client.Pipeline, identities: set[str] | frozenset[s
     tx.xadd(CHANGES, fields, maxlen=CHANGES_KEPT, approximate=True)  # type: ignore[arg-type]
 
 
-class _Connection:
-    """A connection of one worker's own, outside the client's pool, spoken to directly.
-
-    redis-py's client spends ~100 µs of CPU per scripted call on its retry wrapper, pool,
-    response callbacks and Script object; sending packed commands on a connection halves that.
-    A Kamailio worker is single-threaded and needs no pool. Errors raise StoreError; the
-    connection is then dropped and opened again by the next command, as it is when the server
-    closed it while it lay unused (a restart): the first look-up after a restart does not fail.
-    """
-
-    IDLE = 0.1  # s unused after which a connection is checked before it is used
-
-    def __init__(self, client: redis.Redis, **options: float) -> None:
-        """`options` override the client's connection settings (socket_timeout)."""
-        pool = client.connection_pool
-        self._connection = pool.connection_class(**{**pool.connection_kwargs, **options})
-        self._used_at: float | None = None  # last command since the last (re)connection
-
-    def pack(self, *args: str | int) -> list[bytes]:
-        return self._connection.pack_command(*args)  # type: ignore[no-any-return]
-
-    def send(self, packed: list[bytes]) -> None:
-        """Sends a packed command; no reply may be pending."""
-        now = time.monotonic()
-        if self._used_at is not None and now - self._used_at > self.IDLE:
-            try:
-                closed = self._connection.can_read(timeout=0)  # nothing is due but an end
-            except redis.RedisError:
-                closed = True
-            if closed:
-                self.disconnect()
-        try:
-            self._connection.send_packed_command(packed, check_health=False)
-        except redis.RedisError as error:
-            self.disconnect()
-            raise StoreError(f"redis: {error}") from error
-        self._used_at = now
-
-    def read(self) -> Any:  # a RESP reply: bytes, int, list or None
-        try:
-            return self._connection.read_response()
-        except redis.ResponseError:
-            raise  # the command failed, the connection is fine
-        except redis.RedisError as error:
-            self.disconnect()
-            raise StoreError(f"redis: {error}") from error
-
-    def disconnect(self) -> None:
-        self._connection.disconnect()
-        self._used_at = None
-
-
 class Reader:
     """A worker's profile look-ups (ProfileStore.reader()): one round trip each, no pool."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self._connection = _Connection(client)
+        self._connection = Connection(client)
         self._sha = hashlib.sha1(_FOLLOW_ALIAS.encode()).hexdigest()
 
     def lookup(self, identity: str) -> Profile | None:
@@ -272,7 +206,7 @@ class ChangeSignal:
         self._store = store
         self._wait_ms = round(wait * 1000)
         timeout = client.connection_pool.connection_kwargs["socket_timeout"]
-        self._connection = _Connection(client, socket_timeout=wait + self.LATE + timeout)
+        self._connection = Connection(client, socket_timeout=wait + self.LATE + timeout)
 
     def stamp(self) -> Stamp:
         """The stamp as Redis has it now; StoreError when it cannot say."""
@@ -299,10 +233,6 @@ class Stamp:
 
     def __str__(self) -> str:
         return f"{self.epoch}/{self.last}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _aliases_of(raw: bytes | str) -> frozenset[str]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from .profile import Profile
+from ..core.profile import Profile
 
 DOMAIN = "ims.example.net"
 

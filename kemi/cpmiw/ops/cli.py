@@ -3,7 +3,7 @@
 It follows kamcli's conventions: command groups with subcommands (`cpmiw profile get`), short
 aliases (`show`, `rm`, `ls`), `-h/--help`, `-d/--debug`, `-F/--output-format`, a settings file
 given with `-c/--config`, and every option also read from a CPMIW_* environment variable. The
-groups live in their own modules (`cli_profile`); `explain` is here.
+groups live in their own modules (`profile_commands`); `explain` is here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import click
 
-from .cli_base import (
+from ..core.services import Service
+from .explain import RequestError, explain, request_for, request_from_message
+from .options import (
     DEFAULT_CONFIG,
     DEFAULT_REDIS_URL,
     DEFAULT_RPC_SOCKET,
@@ -25,10 +27,8 @@ from .cli_base import (
     read_env_file,
     read_source,
 )
-from .cli_profile import profile
-from .explain import RequestError, explain, request_for, request_from_message
+from .profile_commands import profile
 from .rpc import KamailioRpc, RpcError
-from .services import Service
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CPMIW"}
 

@@ -15,135 +15,11 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self
 
-COMPACT = {
-    "v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
-    "c": "content-type", "k": "supported", "s": "subject", "e": "content-encoding", "o": "event",
-    "u": "allow-events", "x": "session-expires", "a": "accept-contact", "j": "reject-contact",
-    "d": "request-disposition", "r": "refer-to", "b": "referred-by",
-}  # fmt: skip
-
-Address = tuple[str, int]
-
-
-def _key(name: str) -> str:
-    """The canonical (lower-case, long-form) spelling of a header name."""
-    name = name.strip().lower()
-    return COMPACT.get(name, name)
-
-
-@dataclass
-class SipMessage:
-    """A parsed SIP request or response that keeps every header line as received, in order."""
-
-    start_line: str
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    source: Address | None = field(default=None, compare=False)  # where it was received from
-
-    @classmethod
-    def parse(cls, data: bytes) -> SipMessage:
-        match = re.search(rb"\r?\n\r?\n", data)
-        head, body = (data[: match.start()], data[match.end() :]) if match else (data, b"")
-        start_line, *lines = re.split(r"\r?\n", head.decode("utf-8", "surrogateescape"))
-        headers: list[tuple[str, str]] = []
-        for line in lines:
-            if line[:1] in (" ", "\t") and headers:  # folded continuation of the previous line
-                name, value = headers[-1]
-                headers[-1] = (name, f"{value} {line.strip()}".strip())
-            elif ":" in line:
-                name, _, value = line.partition(":")
-                headers.append((name.strip(), value.strip()))
-            elif line.strip():
-                raise ValueError(f"malformed SIP header line: {line!r}")
-        msg = cls(start_line.strip(), headers, body)
-        length = msg.header("content-length")
-        if length is not None and length.strip().isdigit():
-            msg.body = body[: int(length)]
-        return msg
-
-    def to_bytes(self) -> bytes:
-        size = str(len(self.body))
-        lines = [(n, size if _key(n) == "content-length" else v) for n, v in self.headers]
-        if not any(_key(n) == "content-length" for n, _ in lines):
-            lines.append(("Content-Length", size))
-        head = "".join(f"{n}: {v}\r\n" for n, v in lines)
-        return f"{self.start_line}\r\n{head}\r\n".encode("utf-8", "surrogateescape") + self.body
-
-    @property
-    def is_request(self) -> bool:
-        return not self.start_line.startswith("SIP/")
-
-    @property
-    def method(self) -> str:
-        """The request method, or for a response the method named in its CSeq."""
-        if self.is_request:
-            return self.start_line.split(" ", 1)[0]
-        cseq = (self.header("cseq") or "").split()
-        return cseq[-1] if cseq else ""
-
-    @property
-    def status(self) -> int:
-        return 0 if self.is_request else int(self.start_line.split()[1])
-
-    @property
-    def reason(self) -> str:
-        parts = self.start_line.split(" ", 2)
-        return parts[2] if not self.is_request and len(parts) > 2 else ""
-
-    @property
-    def ruri(self) -> str:
-        return self.start_line.split()[1] if self.is_request else ""
-
-    def header(self, name: str) -> str | None:
-        values = self.header_values(name)
-        return values[0] if values else None
-
-    def header_values(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if _key(n) == _key(name)]
-
-    def header_lines(self) -> list[str]:
-        return [f"{n}: {v}" for n, v in self.headers]
-
-    def with_header(self, name: str, value: str, *, first: bool = False) -> SipMessage:
-        headers = [(name, value), *self.headers] if first else [*self.headers, (name, value)]
-        return replace(self, headers=headers)
-
-    def without_header(self, name: str) -> SipMessage:
-        return replace(self, headers=[(n, v) for n, v in self.headers if _key(n) != _key(name)])
-
-    def replace_header(self, name: str, value: str) -> SipMessage:
-        if self.header(name) is None:
-            return self.with_header(name, value)
-        headers: list[tuple[str, str]] = []
-        for n, v in self.headers:
-            if _key(n) != _key(name):
-                headers.append((n, v))
-            elif all(_key(seen) != _key(name) for seen, _ in headers):
-                headers.append((n, value))
-        return replace(self, headers=headers)
-
-
-def split_header_list(value: str) -> list[str]:
-    """Split a header value at the commas that are outside quoted strings and <...> URIs."""
-    parts: list[str] = []
-    start, quoted, escaped, depth = 0, False, False, 0
-    for i, ch in enumerate(value):
-        if quoted:  # inside "...": only an unescaped quote ends it
-            quoted = escaped or ch != '"'
-            escaped = not escaped and ch == "\\"
-        elif ch == '"':
-            quoted = True
-        elif ch in "<>":
-            depth += 1 if ch == "<" else -1
-        elif ch == "," and depth == 0:
-            parts.append(value[start:i])
-            start = i + 1
-    parts.append(value[start:])
-    return [p.strip() for p in parts if p.strip()]
+from ..core.message import Address, SipMessage, header_entries, header_key
 
 
 def _drop_display_name(name_addr: str) -> str:
@@ -197,14 +73,14 @@ def _via_reply_address(value: str) -> Address:
 
 
 def _first_entry(msg: SipMessage, name: str) -> str | None:
-    entries = split_header_list(msg.header(name) or "")
+    entries = header_entries(msg.header(name) or "")
     return entries[0] if entries else None
 
 
 def _pop_first_entry(msg: SipMessage, name: str) -> SipMessage:
     """Remove the first entry of the first header line `name`; drop the line if it empties."""
-    index = next(i for i, (n, _) in enumerate(msg.headers) if _key(n) == _key(name))
-    rest = split_header_list(msg.headers[index][1])[1:]
+    index = next(i for i, (n, _) in enumerate(msg.headers) if header_key(n) == header_key(name))
+    rest = header_entries(msg.headers[index][1])[1:]
     headers = list(msg.headers)
     if rest:
         headers[index] = (headers[index][0], ", ".join(rest))
@@ -405,13 +281,13 @@ class Peer:
         copied = {"via", "from", "to", "call-id", "cseq"} | (
             {"record-route"} if status < 300 else set()
         )
-        lines = [(n, v) for n, v in request.headers if _key(n) in copied]
-        top_via = split_header_list(_need(request, "via"))[0]
+        lines = [(n, v) for n, v in request.headers if header_key(n) in copied]
+        top_via = header_entries(_need(request, "via"))[0]
         to = _need(request, "to")
         if status > 100 and tag_of(to) is None:
             key = (request.header("call-id") or "", _via(top_via)[2].get("branch", ""))
             tag = to_tag or self._tags.setdefault(key, secrets.token_hex(4))
-            lines = [(n, f"{v};tag={tag}" if _key(n) == "to" else v) for n, v in lines]
+            lines = [(n, f"{v};tag={tag}" if header_key(n) == "to" else v) for n, v in lines]
         lines += [("Contact", self._contact())] if contact else []
         lines += [*(headers or []), ("Content-Length", str(len(body)))]
         response = SipMessage(f"SIP/2.0 {status} {reason}", lines, body)
@@ -463,7 +339,7 @@ class Dialog:
 
     @classmethod
     def from_2xx(cls, invite: SipMessage, ok: SipMessage) -> Dialog:
-        routes = [e for v in ok.header_values("record-route") for e in split_header_list(v)]
+        routes = [e for v in ok.header_values("record-route") for e in header_entries(v)]
         cseq = int(_need(invite, "cseq").split()[0])
         return cls(
             call_id=_need(invite, "call-id"),

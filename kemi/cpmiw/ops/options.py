@@ -18,12 +18,11 @@ from typing import IO, Any, NoReturn
 import click
 import redis
 
-from .identity import IdentityError, canonical
-from .profile import Profile, ProfileError
+from ..core.identity import IdentityError, canonical
+from ..core.profile import Profile, ProfileError
+from ..settings import Settings, SettingsError, load_settings
+from ..store.redis import StoreError, connect
 from .provision import ConflictError, InputError, Provisioning
-from .routing import StoreError
-from .settings import Settings, SettingsError, load_settings
-from .store import connect
 
 EXIT_DIFFERENT = 1  # `profile diff`: the file and Redis differ (as diff(1) says)
 EXIT_NOT_FOUND = 3  # no such subscriber or identity

@@ -10,7 +10,7 @@ needs Redis 7.4 for it, Debian 12 ships 7.0.
 - Invalidation: the store's writers append the identities they touch to a change stream
   (store.py). One process, Kamailio's change watcher (rtimer), blocks on that stream and, at
   each write, publishes the stream's stamp (epoch, last entry) in shared memory (`watch_changes`
-  in kamailio.py). Before each look-up a worker compares what is published with what it last
+  in proxy/changes.py). Before each look-up a worker compares what is published with what it last
   synchronised to: only when it moved does the worker read the stream (one round trip) and
   forget what changed; a new epoch (data set replaced) or a gap in the stream forgets
   everything. So no request pays for the watching, and a change committed in Redis is seen by
@@ -39,10 +39,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from . import metrics
-from .profile import Profile, ProfileError
-from .routing import StoreError
-from .store import ProfileStore
+from .. import metrics
+from ..core.profile import Profile, ProfileError
+from ..store.redis import StoreError
+from .profiles import ProfileStore
 
 Clock = Callable[[], float]
 FREEZE_EVERY = 1024  # cache insertions between two gc.freeze() calls

@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .classify import ServiceHeaders, classify
-from .decision import NOT_REGISTERED, Decision
-from .profile import Profile
-from .routing import Lookup, Plan, Request, plan
+from ..core.classify import ServiceHeaders, classify
+from ..core.decision import NOT_REGISTERED, Decision
+from ..core.message import SipMessage, header_entries
+from ..core.profile import Profile
+from ..core.routing import Lookup, Plan, Request, plan
+from ..core.services import IM_TAG_FOR, SMS_CONTENT_TYPE, Family, Service, icsi_urn
+from ..settings import Settings
 from .rpc import Contact
-from .services import IM_TAG_FOR, SMS_CONTENT_TYPE, Family, Service, icsi_urn
-from .settings import Settings
-from .sipnet import SipMessage, split_header_list
 
 # The registered contacts of an AOR, as the running proxy knows them; None when unknown.
 Contacts = Callable[[str], list[Contact]]
@@ -64,7 +64,7 @@ def request_from_message(data: bytes, source: str | None) -> Request:
     if not message.is_request or len(message.start_line.split()) != 3:
         raise RequestError(f"not a SIP request: {message.start_line!r}")
     if source is None:
-        vias = [v for line in message.header_values("Via") for v in split_header_list(line)]
+        vias = [v for line in message.header_values("Via") for v in header_entries(line)]
         sent_by = vias[0].split(None, 1)[1] if vias and " " in vias[0].strip() else ""
         source = sent_by.split(";", 1)[0].rsplit(":", 1)[0].strip("[]")
     return Request(
@@ -136,7 +136,7 @@ class Explanation:
         )
         if self.shadow:
             out.append("shadow:   on (the proxy logs this decision but delivers unchanged)")
-        out.append(log_fields(decision))
+        out.append(decision.log_fields)
         return out
 
     def as_json(self) -> dict[str, object]:
@@ -164,11 +164,6 @@ class Explanation:
         }
 
 
-def log_fields(decision: Decision) -> str:
-    """The fields of the proxy's decision log line, spelled the same way."""
-    return f"action={decision.action.value} rule={decision.rule} status={decision.status or '-'}"
-
-
 def explain(
     request: Request,
     settings: Settings,
@@ -190,7 +185,7 @@ def explain(
             return [frozenset()]
         return [contact.families for contact in registered(aor)]
 
-    routing = plan(request, settings, lookup, registrations, time.time())
+    routing = plan(request, settings.rules, lookup, registrations, time.time())
     decision = routing.decision
     if routing.aor is not None and not settings.shadow and not registrations(routing.aor):
         decision = NOT_REGISTERED  # the adapter's last step: nobody to deliver to

@@ -1,0 +1,1 @@
+"""The `cpmiw` tool of operations staff: profiles, bulk provisioning, explaining a decision."""

@@ -1,0 +1,94 @@
+"""The object app_python3 calls: one method per `python_exec()` name in kamailio.cfg.
+
+Every request leaves here answered or relayed: each handler catches what its concern raises.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import KSR  # provided by app_python3 inside Kamailio
+
+from .. import metrics
+from ..settings import Settings, load_settings
+from ..store.cache import CachedProfiles
+from ..store.conversations import ConversationStore
+from ..store.profiles import ProfileStore
+from ..store.redis import connect
+from . import http, registrations
+from .changes import CHANGE_WAIT, ChangeWatcher
+from .conversations import Conversations
+from .delivery import Deliverer
+from .handoff import HandOff
+from .initial import InitialRouting
+
+
+class Handlers:
+    """One per Kamailio process; its parts are made in `child_init`, after the fork."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._initial: InitialRouting | None = None
+        self._handoff: HandOff | None = None
+        self._watcher: ChangeWatcher | None = None
+
+    def child_init(self, _rank: int) -> int:
+        # Connections opened before Kamailio forks would be shared by every worker.
+        settings = self.settings
+        client = connect(settings.redis_url, settings.redis_timeout)
+        store = ProfileStore(client)
+        # Routing asks the worker's cache; Redis only on a miss (store/cache.py). The change
+        # stamp it compares is the one read with the request (facts.py).
+        profiles = CachedProfiles(
+            store,
+            lambda: self._initial.stamp_seen if self._initial else "",
+            capacity=settings.cache_entries,
+            max_age=settings.cache_max_age,
+            backoff=settings.redis_backoff,
+        )
+        conversations = Conversations(
+            ConversationStore(client, settings.conversation_ttl), profiles
+        )
+        deliverer = Deliverer(settings, conversations)
+        self._handoff = HandOff(settings, deliverer, conversations)
+        self._initial = InitialRouting(settings, profiles, deliverer, self._handoff)
+        # Used by the change watcher's process only; opens its connection on first use.
+        self._watcher = ChangeWatcher(store.signal(CHANGE_WAIT), settings.redis_backoff)
+        return 0
+
+    def route_initial(self, _msg: object) -> int:
+        """request_route: every initial request but REGISTER."""
+        assert self._initial is not None, "child_init made it"
+        self._initial.route()
+        return 1
+
+    def registered(self, _msg: object) -> int:
+        """request_route, after a REGISTER was saved and before its 200 is sent."""
+        registrations.registered()
+        return 1
+
+    def as_failed(self, _msg: object) -> int:
+        """failure_route[AS_FAILURE]: the AS's default handling."""
+        assert self._handoff is not None, "child_init made it"
+        self._handoff.failed()
+        return 1
+
+    def watch_changes(self, _msg: object) -> int:
+        """route[WATCH_CHANGES], called by rtimer: the change watcher."""
+        assert self._watcher is not None, "child_init made it"
+        self._watcher.watch()
+        return 1
+
+    def serve_http(self, _msg: object) -> int:
+        """event_route[xhttp:request]: the metrics listener."""
+        http.serve()
+        return 1
+
+
+def mod_init() -> Handlers:
+    """Called once by app_python3 in Kamailio's main process, before it forks the workers."""
+    if sys.prefix != "/usr":
+        KSR.err(f"cpmiw: embedded Python runs with sys.prefix={sys.prefix}, expected /usr\n")
+    settings = load_settings()
+    metrics.setup(shadow=settings.shadow)
+    return Handlers(settings)

@@ -80,7 +80,9 @@ Kind = Literal["counter", "histogram", "gauge"]
 
 
 @dataclass(frozen=True)
-class _Family:
+class _Spec:
+    """What a metric is: its kind, help text and label names."""
+
     kind: Kind
     help: str
     labels: tuple[str, ...] = ()
@@ -90,39 +92,39 @@ class _Family:
         return _HISTOGRAM_WIDTH if self.kind == "histogram" else 1
 
 
-_FAMILIES = {
-    "cpmiw_requests": _Family(
+_METRICS = {
+    "cpmiw_requests": _Spec(
         "counter",
         "Initial requests routed by the plugin, by method, requested service and outcome.",
         ("method", "service", "outcome"),
     ),
-    "cpmiw_decision_rules": _Family(
+    "cpmiw_decision_rules": _Spec(
         "counter", "Routing decisions by the rule that took them.", ("rule",)
     ),
-    "cpmiw_rejects": _Family(
+    "cpmiw_rejects": _Spec(
         "counter", "Requests the plugin answered with an error status, by status.", ("status",)
     ),
-    "cpmiw_as_default_handling": _Family(
+    "cpmiw_as_default_handling": _Spec(
         "counter",
         "Application server failures (408, 5xx, no answer), by the default handling applied.",
         ("handling",),
     ),
-    "cpmiw_profile_lookups": _Family(
+    "cpmiw_profile_lookups": _Spec(
         "counter",
         "Profile look-ups: hit (worker cache), miss (asked Redis) or error.",
         ("result",),
     ),
-    "cpmiw_redis_errors": _Family(
+    "cpmiw_redis_errors": _Spec(
         "counter", "Redis round trips that failed (refused, timed out, bad reply)."
     ),
-    "cpmiw_redis_seconds": _Family(
+    "cpmiw_redis_seconds": _Spec(
         "histogram", "Duration of Redis round trips made by the plugin, failed ones included."
     ),
-    "cpmiw_decision_seconds": _Family(
+    "cpmiw_decision_seconds": _Spec(
         "histogram", "Time the plugin takes to route one initial request, look-up included."
     ),
     # Set once in the main process, which outlives the workers: the maximum over the processes.
-    "cpmiw_shadow_mode": _Family(
+    "cpmiw_shadow_mode": _Spec(
         "gauge",
         "1 when the proxy runs in shadow mode (CPMIW_SHADOW=on): decides, delivers unchanged.",
     ),
@@ -130,7 +132,7 @@ _FAMILIES = {
 _DROPPED_NAME = "cpmiw_metrics_series_dropped"
 _DROPPED_HELP = f"Series not counted: a process needed more than {SLOTS} metric slots."
 
-Key = tuple[str, ...]  # metric name, then its label values in _Family.labels' order
+Key = tuple[str, ...]  # metric name, then its label values in _Spec.labels' order
 _SHADOW: Key = ("cpmiw_shadow_mode",)
 _REDIS_ERRORS: Key = ("cpmiw_redis_errors",)
 _REDIS_SECONDS: Key = ("cpmiw_redis_seconds",)
@@ -201,7 +203,7 @@ def _allocate(key: Key) -> int:
             _slots[key] = _SINK
             return _SINK
         _view = tally.view
-    slot = _slots[key] = tally.allocate(key, _FAMILIES[key[0]].width)
+    slot = _slots[key] = tally.allocate(key, _METRICS[key[0]].width)
     return slot
 
 
@@ -291,17 +293,17 @@ def _read(keys_path: Path) -> Iterator[tuple[Key, list[float]]]:
         try:
             slot_text, _, key_text = line.partition(b" ")
             slot, key = int(slot_text), tuple(json.loads(key_text))
-            family = _FAMILIES[key[0]]
+            spec = _METRICS[key[0]]
         except (ValueError, KeyError, IndexError, TypeError):  # not a line of this version's
             continue
-        if len(key) == len(family.labels) + 1 and _FIRST <= slot <= len(values) - family.width:
-            yield key, values[slot : slot + family.width]
+        if len(key) == len(spec.labels) + 1 and _FIRST <= slot <= len(values) - spec.width:
+            yield key, values[slot : slot + spec.width]
 
 
 def _sum(directory: Path) -> dict[Key, list[float]]:
     """The values of every series, summed over the processes (the shadow gauge: the maximum)."""
     totals: dict[Key, list[float]] = {
-        (name,): [0.0] * family.width for name, family in _FAMILIES.items() if not family.labels
+        (name,): [0.0] * spec.width for name, spec in _METRICS.items() if not spec.labels
     }
     for keys_path in sorted(directory.glob("tally-*.keys")):
         for key, values in _read(keys_path):
@@ -314,7 +316,7 @@ def _sum(directory: Path) -> dict[Key, list[float]]:
     return totals
 
 
-def _families(totals: dict[Key, list[float]]) -> Iterator[Metric]:
+def _rendered(totals: dict[Key, list[float]]) -> Iterator[Metric]:
     from prometheus_client.metrics_core import (  # noqa: PLC0415  (only when scraped)
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -323,24 +325,24 @@ def _families(totals: dict[Key, list[float]]) -> Iterator[Metric]:
     from prometheus_client.utils import floatToGoString  # noqa: PLC0415
 
     bounds = [floatToGoString(b) for b in (*LATENCY_BUCKETS, float("inf"))]  # type: ignore[no-untyped-call]
-    for name, family in _FAMILIES.items():
+    for name, spec in _METRICS.items():
         # label names sorted, as prometheus_client's multiprocess mode wrote them
-        order = sorted(range(len(family.labels)), key=family.labels.__getitem__)
-        labels = [family.labels[i] for i in order]
+        order = sorted(range(len(spec.labels)), key=spec.labels.__getitem__)
+        labels = [spec.labels[i] for i in order]
         series = sorted((k[1:], v) for k, v in totals.items() if k[0] == name)
-        if not series:  # a labelled family before its first series: absent, as it always was
+        if not series:  # a labelled metric before its first series: absent, as it always was
             continue
         metric: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
-        if family.kind == "counter":
-            metric = CounterMetricFamily(name, family.help, labels=labels)
+        if spec.kind == "counter":
+            metric = CounterMetricFamily(name, spec.help, labels=labels)
             for values, (total,) in series:
                 metric.add_metric([values[i] for i in order], total)
-        elif family.kind == "gauge":
-            metric = GaugeMetricFamily(name, family.help, labels=labels)
+        elif spec.kind == "gauge":
+            metric = GaugeMetricFamily(name, spec.help, labels=labels)
             for values, (value,) in series:
                 metric.add_metric([values[i] for i in order], value)
         else:
-            metric = HistogramMetricFamily(name, family.help, labels=labels)
+            metric = HistogramMetricFamily(name, spec.help, labels=labels)
             for values, slots in series:
                 cumulative, running = [], 0.0
                 for bound, count in zip(bounds, slots[:-1], strict=True):
@@ -368,7 +370,7 @@ def render() -> tuple[str, bytes]:
     from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(_families(_sum(_directory))))
+    registry.register(_Collector(_rendered(_sum(_directory))))
     return CONTENT_TYPE, generate_latest(registry)
 
 

@@ -74,6 +74,11 @@ def _summary(changes: Sequence[Change]) -> dict[str, int]:
     return counts
 
 
+DRY_RUN = click.option(
+    "-n", "--dry-run", is_flag=True, help="Show what would change; write nothing."
+)
+
+
 def _write(cli: Context, changes: Sequence[Change], dry_run: bool, batch: int = 0) -> None:
     """Applies `changes` (unless dry run) and reports them in one line."""
     counts = _summary(changes)
@@ -154,7 +159,7 @@ def _with_fields(record: dict[str, Any], options: Mapping[str, Any]) -> dict[str
 @click.argument("uri", required=False)
 @click.option("-f", "--file", "source", help="A whole profile as JSON, from a file or '-' (stdin).")
 @_field_options
-@click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@DRY_RUN
 @pass_context
 def profile_set(
     cli: Context, /, uri: str | None, source: str | None, dry_run: bool, **fields: Any
@@ -337,36 +342,42 @@ def alias() -> None:
     """The identities (SIP and TEL URIs) a subscriber is reached by."""
 
 
-def _replace_identities(cli: Context, uri: str, identities: list[str], dry_run: bool) -> None:
-    found = stored(cli, uri)
-    record = {**msgspec.to_builtins(found), "identities": identities}
-    with input_errors():
-        changes = cli.provisioning.changes([entry_from(record, uri)])
-    cli.emit([_change_json(c) for c in changes], lambda: _change_lines(changes, verb=True))
-    _write(cli, changes, dry_run)
+# New identities of a subscriber from its stored profile and the aliases named on the command line.
+AliasChange = Callable[[Profile, tuple[str, ...]], list[str]]
 
 
-@alias.command("add")
-@click.argument("uri")
-@click.argument("aliases", nargs=-1, required=True)
-@click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing.")
-@pass_context
-def alias_add(cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool) -> None:
+def _alias_command(name: str) -> Callable[[AliasChange], click.Command]:
+    """An `alias` subcommand that rewrites a subscriber's identities as `change` says."""
+
+    def register(change: AliasChange) -> click.Command:
+        @alias.command(name, help=change.__doc__)
+        @click.argument("uri")
+        @click.argument("aliases", nargs=-1, required=True)
+        @DRY_RUN
+        @pass_context
+        def command(cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool) -> None:
+            found = stored(cli, uri)
+            record = {**msgspec.to_builtins(found), "identities": change(found, aliases)}
+            with input_errors():
+                changes = cli.provisioning.changes([entry_from(record, uri)])
+            cli.emit([_change_json(c) for c in changes], lambda: _change_lines(changes, verb=True))
+            _write(cli, changes, dry_run)
+
+        return command
+
+    return register
+
+
+@_alias_command("add")
+def _with_aliases(found: Profile, aliases: tuple[str, ...]) -> list[str]:
     """Give the subscriber owning URI more identities."""
-    found = stored(cli, uri)
     known = set(found.aliases)
-    new = [a for a in aliases if identity_of(a) not in known]
-    _replace_identities(cli, uri, [*found.identities, *new], dry_run)
+    return [*found.identities, *(a for a in aliases if identity_of(a) not in known)]
 
 
-@alias.command("remove")
-@click.argument("uri")
-@click.argument("aliases", nargs=-1, required=True)
-@click.option("-n", "--dry-run", is_flag=True, help="Show what would change; write nothing.")
-@pass_context
-def alias_remove(cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool) -> None:
+@_alias_command("remove")
+def _without_aliases(found: Profile, aliases: tuple[str, ...]) -> list[str]:
     """Take identities away from the subscriber owning URI (alias: rm)."""
-    found = stored(cli, uri)
     named = {name: identity_of(name) for name in aliases}
     for name, identity in named.items():
         if identity not in found.aliases:
@@ -378,8 +389,7 @@ def alias_remove(cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool
             " export, edit and re-import the profile to rename it",
             EXIT_INVALID,
         )
-    kept = [i for i in found.identities if canonical(i) not in gone]
-    _replace_identities(cli, uri, kept, dry_run)
+    return [i for i in found.identities if canonical(i) not in gone]
 
 
 @alias.command("list")

@@ -24,7 +24,7 @@ import redis
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
 from cpmiw.store.profiles import Changes, ProfileStore, Reader
-from cpmiw.store.redis import connect
+from cpmiw.store.redis import Client, connect
 from cpmiw.testing import free_port, wait_until
 from cpmiw.testing.sipnet import Peer
 
@@ -113,7 +113,7 @@ class CountingStore(ProfileStore):
     """The real store, counting what the cache asks of it: profile look-ups (through its
     readers) and stream reads. Counted on our side, so it also tells while Redis is down."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         super().__init__(client)
         self.client = client
         self.lookups = 0

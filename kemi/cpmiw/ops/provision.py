@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import msgspec
-import redis
 
 from ..core import profile as profile_model
 from ..core.profile import Profile, ProfileError
 from ..store.profiles import ALIAS, PROFILE, ProfileStore
+from ..store.redis import Client
 
 FORMATS = ("json", "jsonl", "csv")
 COLUMNS: tuple[str, ...] = Profile.__struct_fields__
@@ -245,7 +245,7 @@ class Change:
 class Provisioning:
     """Reads and writes profiles in bulk; every write goes through ProfileStore.put / delete."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.store = ProfileStore(client)
 

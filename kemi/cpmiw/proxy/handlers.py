@@ -14,7 +14,7 @@ from ..settings import Settings, load_settings
 from ..store.cache import CachedProfiles
 from ..store.conversations import ConversationStore
 from ..store.profiles import ProfileStore
-from ..store.redis import connect
+from ..store.redis import connect, parse_url
 from . import http, registrations
 from .changes import CHANGE_WAIT, ChangeWatcher
 from .conversations import Conversations
@@ -90,5 +90,6 @@ def mod_init() -> Handlers:
     if sys.prefix != "/usr":
         KSR.err(f"cpmiw: embedded Python runs with sys.prefix={sys.prefix}, expected /usr\n")
     settings = load_settings()
+    parse_url(settings.redis_url)  # a URL naming no topology stops Kamailio here, with why
     metrics.setup(shadow=settings.shadow)
     return Handlers(settings)

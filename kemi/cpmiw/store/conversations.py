@@ -8,13 +8,13 @@ from __future__ import annotations
 import redis
 
 from ..core.conversation import Conversation
-from .redis import StoreError, text
+from .redis import Client, StoreError, text
 
 KEY = "cpmiw:1:conv:"
 
 
 class ConversationStore:
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
+    def __init__(self, client: Client, ttl: int) -> None:
         self._client = client
         self._ttl = ttl
 

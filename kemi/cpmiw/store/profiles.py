@@ -29,7 +29,7 @@ import redis
 
 from ..core import profile as profile_model
 from ..core.profile import Profile
-from .redis import Connection, StoreError, text
+from .redis import Client, Connections, StoreError, socket_timeout, text
 
 PREFIX = "cpmiw:1:"
 PROFILE = PREFIX + "profile:"
@@ -74,7 +74,7 @@ def _stream_id(text: str) -> tuple[int, int]:
 
 
 class ProfileStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
         self._follow_alias = client.register_script(_FOLLOW_ALIAS)
         self._changes_since = client.register_script(_CHANGES_SINCE)
@@ -165,8 +165,8 @@ def _record_change(tx: redis.client.Pipeline, identities: set[str] | frozenset[s
 class Reader:
     """A worker's profile look-ups (ProfileStore.reader()): one round trip each, no pool."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self._connection = Connection(client)
+    def __init__(self, client: Client) -> None:
+        self._connections = Connections(client)
         self._sha = hashlib.sha1(_FOLLOW_ALIAS.encode()).hexdigest()
 
     def lookup(self, identity: str) -> Profile | None:
@@ -175,16 +175,13 @@ class Reader:
         return None if raw is None else profile_model.decode(raw)
 
     def _evalsha(self, key: str) -> bytes | None:
-        evalsha = self._connection.pack("EVALSHA", self._sha, 1, key)
+        execute = self._connections.execute
         try:
-            self._connection.send(evalsha)
             try:
-                return self._connection.read()  # type: ignore[no-any-return]
+                return execute(key, "EVALSHA", self._sha, 1, key)  # type: ignore[no-any-return]
             except redis.exceptions.NoScriptError:  # a restarted Redis has forgotten the script
-                self._connection.send(self._connection.pack("SCRIPT", "LOAD", _FOLLOW_ALIAS))
-                self._connection.read()
-                self._connection.send(evalsha)
-                return self._connection.read()  # type: ignore[no-any-return]
+                execute(key, "SCRIPT", "LOAD", _FOLLOW_ALIAS)
+                return execute(key, "EVALSHA", self._sha, 1, key)  # type: ignore[no-any-return]
         except redis.ResponseError as error:
             raise StoreError(f"redis: {error}") from error
 
@@ -202,11 +199,11 @@ class ChangeSignal:
     # when busy: how much longer than the wait a blocked read may take before it counts as dead.
     LATE = 1.0
 
-    def __init__(self, store: ProfileStore, client: redis.Redis, wait: float) -> None:
+    def __init__(self, store: ProfileStore, client: Client, wait: float) -> None:
         self._store = store
         self._wait_ms = round(wait * 1000)
-        timeout = client.connection_pool.connection_kwargs["socket_timeout"]
-        self._connection = Connection(client, socket_timeout=wait + self.LATE + timeout)
+        read_timeout = wait + self.LATE + socket_timeout(client)
+        self._connections = Connections(client, socket_timeout=read_timeout)
 
     def stamp(self) -> Stamp:
         """The stamp as Redis has it now; StoreError when it cannot say."""
@@ -215,13 +212,11 @@ class ChangeSignal:
 
     def wait(self, stamp: Stamp) -> bool:
         """Until the stream moves past `stamp` (True) or the wait is over (False); StoreError."""
-        self._connection.send(
-            self._connection.pack(
-                "XREAD", "COUNT", 1, "BLOCK", self._wait_ms, "STREAMS", CHANGES, stamp.last
-            )
-        )
         try:
-            return self._connection.read() is not None
+            read = self._connections.execute(
+                CHANGES, "XREAD", "COUNT", 1, "BLOCK", self._wait_ms, "STREAMS", CHANGES, stamp.last
+            )
+            return read is not None
         except redis.ResponseError as error:  # a key of another type: tampered with by hand
             raise StoreError(f"redis: {error}") from error
 

@@ -3,32 +3,205 @@
 Every Redis error becomes a StoreError, so that callers handle one failure: the store could not
 be asked. StoreError is routing's `UnavailableError`: a profile that cannot be read is not a
 subscriber that does not exist.
+
+Three topologies, one URL (`CPMIW_REDIS_URL`), redis-py's own clients for each:
+
+- one server: `redis://`, `rediss://` (TLS), `unix://`;
+- Sentinel: `redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`
+  (`rediss+sentinel://`: TLS to the sentinels and the master); the client asks the sentinels
+  where the master is at each (re)connection, so a failover is followed without a restart;
+- Cluster: `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://`); the
+  client routes each command to the shard owning its key's slot.
+
+Query parameters are redis-py's (`?ssl_ca_certs=/path/ca.pem`); on a Sentinel URL,
+`sentinel_username` / `sentinel_password` authenticate to the sentinels, the URL's user and
+password to the master.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import redis
+import redis.connection
+from redis._parsers.encoders import Encoder
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, MovedError, RedisClusterException
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ..core.routing import UnavailableError
+
+# What a client may raise when Redis fails: RedisCluster raises RedisClusterException, which is
+# not a RedisError, when it cannot reach the cluster or a slot has no shard.
+FAILURES = (redis.RedisError, RedisClusterException)
+Client = redis.Redis | RedisCluster
+
+_SENTINEL_ONLY = ("sentinel_username", "sentinel_password")
 
 
 class StoreError(UnavailableError):
     """Redis could not be asked (down, slow, refused) or answered with an error."""
 
 
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A client that fails fast: a SIP worker must never wait long on a dead socket."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry_on_timeout=False,
-        retry=None,
-        health_check_interval=0,
-    )
+class UrlError(ValueError):
+    """A CPMIW_REDIS_URL that names no usable topology; the message shows no password."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a URL names: the topology, its servers, and the options of every connection."""
+
+    kind: str  # "server", "sentinel" or "cluster"
+    hosts: tuple[tuple[str, int], ...]  # the sentinels, or the cluster's startup nodes
+    service: str  # Sentinel: the master's name
+    options: dict[str, Any]  # redis-py connection settings (credentials, db, TLS)
+    sentinel_options: dict[str, Any]  # Sentinel: what the sentinels themselves get
+
+
+def parse_url(url: str) -> Target:
+    """The topology `url` names; UrlError when it names none."""
+    scheme, _, rest = url.partition("://")
+    base, plus, kind = scheme.lower().partition("+")
+    if not plus:
+        if base not in ("redis", "rediss", "unix"):
+            raise UrlError(
+                f"unknown Redis URL scheme {scheme!r}: expected redis, rediss, unix,"
+                " redis+sentinel or redis+cluster (rediss+... for TLS)"
+            )
+        return Target("server", (), "", {}, {})
+    if base not in ("redis", "rediss") or kind not in ("sentinel", "cluster"):
+        raise UrlError(
+            f"unknown Redis URL scheme {scheme!r}: expected redis+sentinel,"
+            " rediss+sentinel, redis+cluster or rediss+cluster"
+        )
+    # The server list is no RFC 3986 authority: split by hand, as redis-py's URL of one server.
+    before_query, _, query_text = rest.partition("?")
+    netloc, _, path_text = before_query.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    hosts = tuple(_host_port(item, scheme) for item in hostlist.split(","))
+    path = [unquote(p) for p in path_text.split("/") if p]
+    query = dict(parse_qsl(query_text))
+    sentinel_auth = {name: query.pop(name) for name in _SENTINEL_ONLY if name in query}
+    # redis-py parses the credentials, the TLS settings and the query for one server's URL.
+    try:
+        options: dict[str, Any] = redis.connection.parse_url(  # type: ignore[no-untyped-call]
+            f"{base}://{userinfo}{at}{hostlist.split(',')[0]}/?{urlencode(query)}"
+        )
+    except ValueError as error:  # its messages name a parameter, never a value
+        raise UrlError(f"{scheme} URL: {error}") from None
+    for name in ("host", "port", "db"):
+        options.pop(name, None)
+    if options.pop("connection_class", None) is not None:  # rediss: TLS
+        options["ssl"] = True
+    if kind == "cluster":
+        if path:
+            raise UrlError(
+                "a Redis Cluster URL has no path: redis+cluster://host:port[,...]"
+                " (Cluster has one database)"
+            )
+        return Target("cluster", hosts, "", options, {})
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise UrlError(
+            "a Sentinel URL names the master's service:"
+            " redis+sentinel://host:port[,host:port...]/service[/db]"
+        )
+    if len(path) == 2:
+        options["db"] = int(path[1])
+    tls = {name: value for name, value in options.items() if name.startswith("ssl")}
+    sentinel_options = {
+        **tls,
+        **{name.removeprefix("sentinel_"): value for name, value in sentinel_auth.items()},
+    }
+    return Target("sentinel", hosts, path[0], options, sentinel_options)
+
+
+def _host_port(item: str, scheme: str) -> tuple[str, int]:
+    host, colon, port = item.strip().rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UrlError(f"{scheme} URL: expected host:port in the server list, got {item!r}")
+    return host.strip("[]"), int(port)
+
+
+def connect(url: str, timeout: float) -> Client:
+    """A client that fails fast: a SIP worker must never wait long on a dead socket.
+
+    Each command is tried once (redis-py's retries off) and waits at most `timeout` for a
+    connection or an answer; the callers decide what a failure costs (store/cache.py).
+    """
+    target = parse_url(url)
+    fail_fast: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry_on_timeout": False,
+        "health_check_interval": 0,
+    }
+    if target.kind == "sentinel":
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.hosts),
+            sentinel_kwargs={
+                **target.sentinel_options,
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "retry": None,
+            },
+        )
+        master: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+            target.service, **fail_fast, retry=None, **target.options
+        )
+        return master
+    if target.kind == "cluster":
+        options = {**fail_fast, **target.options}
+        nodes = [ClusterNode(host, port) for host, port in target.hosts]  # type: ignore[no-untyped-call]
+        return cast(
+            RedisCluster,
+            _LazyCluster(
+                lambda: RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **options),
+                timeout,
+            ),
+        )
+    return redis.Redis.from_url(url, **fail_fast, retry=None)
+
+
+class _LazyCluster:
+    """A RedisCluster made when first used, and made again after that failed.
+
+    RedisCluster asks its startup nodes for the slot map when it is made and raises when none
+    answers; a proxy must start (and answer 503) while the cluster is unreachable, so the client
+    is made at its first use. A failure then is a ConnectionError, as any other.
+    """
+
+    def __init__(self, make: Callable[[], RedisCluster], socket_timeout: float) -> None:
+        self._make = make
+        self.socket_timeout = socket_timeout
+        self._cluster: RedisCluster | None = None
+
+    def cluster(self) -> RedisCluster:
+        if self._cluster is None:
+            try:
+                self._cluster = self._make()
+            except RedisClusterException as error:
+                raise redis.ConnectionError(str(error)) from error
+        return self._cluster
+
+    def get_encoder(self) -> Any:
+        """What redis-py's Script asks for when registered (before any command is sent)."""
+        return Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
+
+    def register_script(self, script: str) -> Any:
+        return redis.commands.core.Script(cast(RedisCluster, self), script)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cluster(), name)
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, RedisCluster | _LazyCluster)
 
 
 class Connection:
@@ -39,13 +212,14 @@ class Connection:
     A Kamailio worker is single-threaded and needs no pool. Errors raise StoreError; the
     connection is then dropped and opened again by the next command, as it is when the server
     closed it while it lay unused (a restart): the first look-up after a restart does not fail.
+    It is opened with the pool's own connection class: on Sentinel that class asks the sentinels
+    for the master at each opening, so a reopened connection reaches the new master.
     """
 
     IDLE = 0.1  # s unused after which a connection is checked before it is used
 
-    def __init__(self, client: redis.Redis, **options: float) -> None:
-        """`options` override the client's connection settings (socket_timeout)."""
-        pool = client.connection_pool
+    def __init__(self, pool: redis.ConnectionPool, **options: float) -> None:
+        """`options` override the pool's connection settings (socket_timeout)."""
         self._connection = pool.connection_class(**{**pool.connection_kwargs, **options})
         self._used_at: float | None = None  # last command since the last (re)connection
 
@@ -63,6 +237,10 @@ class Connection:
             if closed:
                 self.disconnect()
         try:
+            if self._used_at is None:
+                # Opened through connect(), which Sentinel's connection class overrides to find
+                # the master (sending on a closed connection would reopen it to the last host).
+                self._connection.connect()
             self._connection.send_packed_command(packed, check_health=False)
         except redis.RedisError as error:
             self.disconnect()
@@ -81,6 +259,95 @@ class Connection:
     def disconnect(self) -> None:
         self._connection.disconnect()
         self._used_at = None
+
+
+class Connections:
+    """A worker's own connections (Connection) to the servers holding the keys it reads.
+
+    One server, Sentinel: one connection, to the master. Cluster: one per shard, each command
+    sent to the shard owning its key's slot, as redis-py's cluster client maps slots to shards.
+    The map is fetched again after a connection failed (a failover moved the slots to a replica)
+    or a shard answered MOVED (the slot moved: the command is sent once more, to its new shard);
+    ASK (the slot is being migrated) sends the command to the shard named, as Redis asks.
+    """
+
+    def __init__(self, client: Client, **options: float) -> None:
+        self._client = client
+        self._options = options
+        self._cluster = is_cluster(client)
+        self._by_node: dict[str, Connection] = {}
+        self._stale = False  # the slot map may be out of date
+
+    def execute(self, key: str, *args: str | int) -> Any:
+        """Sends a command about `key` and reads its reply; ResponseError when it failed there,
+        StoreError when Redis could not be asked."""
+        connection = self._for(key)
+        try:
+            return self._call(connection, args)
+        except MovedError as error:
+            if not self._cluster:
+                raise StoreError(f"redis: {error}") from error
+            self._stale = True
+            try:
+                return self._call(self._for(key), args)
+            except AskError as again:
+                raise StoreError(f"redis: {again}") from again
+        except AskError as error:
+            if not self._cluster:
+                raise StoreError(f"redis: {error}") from error
+            elsewhere = self._at(f"{error.host}:{error.port}")
+            self._call(elsewhere, ("ASKING",))
+            return self._call(elsewhere, args)
+        except StoreError:
+            self._stale = self._cluster
+            raise
+
+    @staticmethod
+    def _call(connection: Connection, args: tuple[str | int, ...]) -> Any:
+        connection.send(connection.pack(*args))
+        return connection.read()
+
+    def disconnect(self) -> None:
+        for connection in self._by_node.values():
+            connection.disconnect()
+
+    def _for(self, key: str) -> Connection:
+        if not self._cluster:
+            return self._at("")
+        cluster = cast(RedisCluster, self._client)
+        try:
+            if self._stale:
+                cluster.nodes_manager.initialize()
+                self._stale = False
+            node = cluster.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            return self._at(node.name)
+        except FAILURES as error:
+            raise StoreError(f"redis: {error}") from error
+
+    def _at(self, name: str) -> Connection:
+        """The connection to a shard by its name (host:port), "" for the only server."""
+        connection = self._by_node.get(name)
+        if connection is None:
+            if self._cluster:
+                host, _, port = name.rpartition(":")
+                cluster = cast(RedisCluster, self._client)
+                node = cluster.get_node(host, int(port))  # type: ignore[no-untyped-call]
+                if node is None:
+                    raise StoreError(f"redis: no cluster node {name}")
+                pool = cluster.get_redis_connection(node).connection_pool
+            else:
+                pool = cast(redis.Redis, self._client).connection_pool
+            connection = self._by_node[name] = Connection(pool, **self._options)
+        return connection
+
+
+def socket_timeout(client: Client) -> float:
+    """How long the client waits for an answer (s)."""
+    if isinstance(client, _LazyCluster):
+        return client.socket_timeout
+    if isinstance(client, RedisCluster):
+        return float(client.nodes_manager.connection_kwargs["socket_timeout"])
+    return float(client.connection_pool.connection_kwargs["socket_timeout"])
 
 
 def text(value: bytes | str) -> str:

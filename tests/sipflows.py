@@ -37,11 +37,14 @@ def subscriber(net: Network, services: str, **fields: object) -> Profile:
 
 @contextmanager
 def device(
-    net: Network, profile: Profile, *, transport: str = "udp", tags: str = ""
+    net: Network, profile: Profile, *, transport: str = "udp", tags: str = "", name: str = ""
 ) -> Iterator[Peer]:
-    """A device of `profile` on 127.0.0.5, registered with feature `tags` while in use."""
+    """A device of `profile` on 127.0.0.5, registered with feature `tags` (and the display
+    `name`, if any) while in use."""
     with Peer("127.0.0.5", transport=transport) as peer:
-        ok = peer.register(net.kamailio.address, profile.registration_aor, contact_params=tags)
+        ok = peer.register(
+            net.kamailio.address, profile.registration_aor, contact_params=tags, display_name=name
+        )
         assert ok.status == 200, ok.start_line
         yield peer
         gone = peer.register(net.kamailio.address, profile.registration_aor, expires=0)

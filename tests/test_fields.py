@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.core.fields import Span, entries, params, replace_spans, unquote_list
+from cpmiw.core.fields import Span, address_uri, entries, params, replace_spans, unquote_list
 
 # Text made mostly of the characters the lexer cares about, plus arbitrary text.
 SIPISH = st.text(alphabet=' ,;="<>\\ab+.', max_size=40) | st.text(max_size=40)
@@ -126,3 +126,19 @@ def test_param_spans_index_the_value(value: str) -> None:
             assert_indexes(value, param.span)
             assert param.span.text.startswith(";")
             assert entry.start <= param.span.start <= param.span.end <= entry.end
+
+
+@pytest.mark.parametrize(
+    ("entry", "uri"),
+    [
+        pytest.param("<sip:a@h;transport=tcp>;+g.oma.sip-im", "sip:a@h;transport=tcp", id="bare"),
+        pytest.param('"Jos\udce9" <sip:a@h>;expires=600', "sip:a@h", id="quoted-name"),
+        pytest.param('"a <b>" <sip:a@h>', "sip:a@h", id="bracket-in-quotes"),
+        pytest.param('"a \\" <b>" <sip:a@h>', "sip:a@h", id="escaped-quote"),
+        pytest.param("Dave Phone <sip:a@h>;q=1", "sip:a@h", id="token-name"),
+        pytest.param("sip:a@h;expires=60", "sip:a@h", id="addr-spec"),
+        pytest.param("<sip:a@h", "sip:a@h", id="unclosed"),
+    ],
+)
+def test_address_uri(entry: str, uri: str) -> None:
+    assert address_uri(entry) == uri

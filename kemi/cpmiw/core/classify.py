@@ -178,10 +178,8 @@ def device_families(contact: str) -> frozenset[Family]:
 
 def registered_contacts(contact_header: str) -> list[tuple[str, frozenset[Family]]]:
     """(URI, families) of each entry of a REGISTER's Contact header; `*` has none."""
-    found = []
-    for entry in fields.entries(contact_header):
-        if entry.text.startswith("<"):
-            found.append((entry.text[1 : entry.text.find(">")], device_families(entry.text)))
-        elif entry.text != "*":
-            found.append((entry.text.split(";", 1)[0], device_families(entry.text)))
-    return found
+    return [
+        (fields.address_uri(entry.text), device_families(entry.text))
+        for entry in fields.entries(contact_header)
+        if entry.text != "*"
+    ]

@@ -85,6 +85,23 @@ def params(entry: Span) -> list[Param]:
     return found
 
 
+def address_uri(entry: str) -> str:
+    """The URI of one entry of a Contact-like header: `"A <b>" <sip:a@b>;p` and `sip:a@b;p`
+    give `sip:a@b`. A display name is a quoted string or tokens: a `<` inside quotes is text."""
+    quoted = escaped = False
+    for index, char in enumerate(entry):
+        if escaped:
+            escaped = False
+        elif quoted:
+            escaped, quoted = char == "\\", char != '"'
+        elif char == '"':
+            quoted = True
+        elif char == "<":
+            end = entry.find(">", index)
+            return entry[index + 1 : end if end >= 0 else len(entry)].strip()
+    return entry.split(";", 1)[0].strip()
+
+
 def unquote_list(param_value: str | None) -> list[str]:
     """The members of a quoted, comma-separated feature value, percent-decoded, lower-cased."""
     if param_value is None:

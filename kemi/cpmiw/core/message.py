@@ -2,6 +2,12 @@
 
 Pure: `cpmiw explain` reads a request from a file with it, and the test peers
 (cpmiw.testing.sipnet) build and check what crosses the proxy with it.
+
+SIP text is not always UTF-8: a Latin-1 display name or a stray byte in a Call-ID is common, and
+a request is routed the same whatever its bytes. So bytes become text with `decode` (UTF-8, each
+byte that is not UTF-8 kept as a lone surrogate, `surrogateescape`) and back with `encode`,
+exactly. Kamailio takes text from Python only as UTF-8 C strings: `escape_bytes` spells the
+surrogates and NUL out as `\\xNN`, for what is logged, compared or used as a key.
 """
 
 from __future__ import annotations
@@ -19,6 +25,32 @@ COMPACT = {
 }  # fmt: skip
 
 Address = tuple[str, int]
+
+_UNSAFE = re.compile(r"[\x00\ud800-\udfff]")  # NUL, and the bytes `decode` could not read
+
+
+def decode(data: bytes) -> str:
+    """SIP bytes as text: UTF-8, every other byte kept (as a surrogate) for `encode`."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    """The bytes `decode` read `text` from."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def is_plain(text: str) -> bool:
+    """Whether `text` crosses to Kamailio as it is: UTF-8 and no NUL."""
+    if text.isascii():  # the common case, without a scan for surrogates
+        return "\x00" not in text
+    return _UNSAFE.search(text) is None
+
+
+def escape_bytes(text: str) -> str:
+    """`text` with each byte that is not UTF-8, and NUL, written `\\xNN`; the rest unchanged."""
+    if is_plain(text):
+        return text
+    return _UNSAFE.sub(lambda found: f"\\x{encode(found.group())[0]:02x}", text)
 
 
 def header_key(name: str) -> str:
@@ -40,7 +72,7 @@ class SipMessage:
     def parse(cls, data: bytes) -> SipMessage:
         match = re.search(rb"\r?\n\r?\n", data)
         head, body = (data[: match.start()], data[match.end() :]) if match else (data, b"")
-        start_line, *lines = re.split(r"\r?\n", head.decode("utf-8", "surrogateescape"))
+        start_line, *lines = re.split(r"\r?\n", decode(head))
         headers: list[tuple[str, str]] = []
         for line in lines:
             if line[:1] in (" ", "\t") and headers:  # folded continuation of the previous line
@@ -63,7 +95,7 @@ class SipMessage:
         if not any(header_key(n) == "content-length" for n, _ in lines):
             lines.append(("Content-Length", size))
         head = "".join(f"{n}: {v}\r\n" for n, v in lines)
-        return f"{self.start_line}\r\n{head}\r\n".encode("utf-8", "surrogateescape") + self.body
+        return encode(f"{self.start_line}\r\n{head}\r\n") + self.body
 
     @property
     def is_request(self) -> bool:

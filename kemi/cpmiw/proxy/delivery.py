@@ -19,7 +19,7 @@ from ..core.services import Family, Service
 from ..settings import Settings
 from . import registrations
 from .conversations import Conversations
-from .ksr import relay, reply
+from .ksr import append_header, relay, reply
 
 
 @dataclass(frozen=True)
@@ -108,4 +108,4 @@ class Deliverer:
             if new != old:
                 KSR.hdr.remove(header)
                 if new:
-                    KSR.hdr.append(f"{header}: {new}\r\n")
+                    append_header(header, new)

@@ -1,12 +1,20 @@
-"""Reading the facts of a request: what routing needs, in one KSR call."""
+"""Reading the facts of a request: what routing needs, in one KSR call, whatever its bytes.
+
+app_python3 decodes what Kamailio hands over as strict UTF-8: one byte that is not (a Latin-1
+display name, a stray byte in a Call-ID) raises UnicodeDecodeError. The facts are then read
+again in hex, which every byte survives. The header values a rewrite may hand back to Kamailio
+keep their exact bytes (core.message.decode; ksr.append_header writes them back); the others
+come as text that can be logged and passed to KSR (core.message.escape_bytes).
+"""
 
 from __future__ import annotations
 
 import KSR  # provided by app_python3 inside Kamailio
 
 from ..core.classify import ServiceHeaders
+from ..core.message import escape_bytes, is_plain
 from ..core.routing import Request
-from .ksr import all_lines, pv
+from .ksr import all_lines, exact
 
 # Shared variable (kamailio.cfg) where the change watcher publishes Redis's change stamp.
 PUBLISHED_CHANGES = "$shv(cpmiw_changes)"
@@ -27,6 +35,8 @@ _FACTS = (
     "Route",
     PUBLISHED_CHANGES,
 )
+# The facts a rewrite may write back to the request (proxy/delivery.py): read with their bytes.
+_EXACT = frozenset({"Accept-Contact", "Contact", "P-Preferred-Service", "P-Asserted-Service"})
 # ASCII unit separator: no SIP header carries it unescaped. One that does (RFC 3261 lets a
 # quoted-pair escape it) shows as a field too many, and the facts are then read one by one.
 _SEPARATOR = "\x1f"
@@ -53,12 +63,27 @@ _FACT_VARIABLES, _PLACES = _layout()
 ALL_FACTS = f"$_s({_SEPARATOR.join(_FACT_VARIABLES)})"
 
 
+def _values() -> tuple[list[str], bool]:
+    """The value of each of _FACT_VARIABLES with its exact bytes, and whether all are plain
+    text (UTF-8 without NUL: core.message.is_plain)."""
+    try:
+        joined = str(KSR.pv.get(ALL_FACTS) or "")
+    except UnicodeDecodeError:
+        joined = exact(ALL_FACTS)
+    values = joined.split(_SEPARATOR)
+    if len(values) != len(_FACT_VARIABLES):  # a separator inside a header: one by one
+        values = [exact(variable) for variable in _FACT_VARIABLES]
+    return values, is_plain(joined)
+
+
 def _facts() -> list[str]:
     """The values of _FACTS for the request being routed; absent headers read ""."""
-    values = str(KSR.pv.get(ALL_FACTS) or "").split(_SEPARATOR)
-    if len(values) != len(_FACT_VARIABLES):  # a separator inside a header: one by one
-        values = [pv(variable) for variable in _FACT_VARIABLES]
-    return [values[at] if count < 0 or values[count] != "0" else "" for at, count in _PLACES]
+    values, plain = _values()
+    facts = [values[at] if count < 0 or values[count] != "0" else "" for at, count in _PLACES]
+    if plain:
+        return facts
+    exactness = zip(_FACTS, facts, strict=True)
+    return [fact if name in _EXACT else escape_bytes(fact) for name, fact in exactness]
 
 
 def read_request() -> tuple[Request, str]:

@@ -10,6 +10,7 @@ import KSR  # provided by app_python3 inside Kamailio
 
 from .. import metrics
 from ..core.decision import Action, Decision
+from ..core.message import escape_bytes
 from ..core.routing import Plan, Request, plan
 from ..core.services import ICSI_FEATURE, icsi_urn
 from ..settings import Settings
@@ -65,7 +66,8 @@ class InitialRouting:
             record(self._settings, request, routing.service, decision, routing.warnings, started)
         except Exception:
             call_id = request.call_id if request else pv("$ci")
-            KSR.err(f"cpmiw: internal error call-id={call_id}: {traceback.format_exc()}\n")
+            error = escape_bytes(traceback.format_exc())
+            KSR.err(f"cpmiw: internal error call-id={call_id}: {error}\n")
             KSR.sl.send_reply(500, "Internal Server Error")
             metrics.observe_decision(pv("$rm"), "unknown", "error", "internal-error", 500, 0.0)
 

@@ -39,7 +39,7 @@ def _contacts(aor: str) -> list[tuple[int, frozenset[Family]]]:
         return [
             (
                 int(get(_contact("expires", index)) or 0),
-                _tags(tags(DEVICE_TABLE, get(_contact("addr", index))) or ""),
+                _tags(tags(DEVICE_TABLE, pv(_contact("addr", index))) or ""),
             )
             for index in range(int(get(CONTACT_COUNT) or 0))
         ]

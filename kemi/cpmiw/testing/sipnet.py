@@ -305,10 +305,13 @@ class Peer:
         contact_params: str = "",
         expires: int = 3600,
         timeout: float = 5.0,
+        display_name: str = "",
     ) -> SipMessage:
-        """REGISTER this peer as a contact of `aor`; return the final response."""
+        """REGISTER this peer as a contact of `aor`; return the final response. A display name
+        is quoted as given (its text may hold any bytes: core.message.decode)."""
         user, _, domain = uri_of(aor).partition(":")[2].partition(";")[0].rpartition("@")
         contact = self._contact(user or "peer") + f"{contact_params};expires={expires}"
+        contact = f'"{display_name}" {contact}' if display_name else contact
         tag = secrets.token_hex(4)
         msg = self.request("REGISTER", f"sip:{domain}", to=f"<{aor}>", from_=f"<{aor}>;tag={tag}")
         return self.ask(msg.replace_header("Contact", contact), registrar, timeout)

@@ -8,7 +8,7 @@ from cpmiw.core import marker
 from cpmiw.core.classify import ServiceHeaders
 from cpmiw.core.decision import Action
 from cpmiw.core.profile import Profile, ProfileError
-from cpmiw.core.routing import Plan, Request, plan
+from cpmiw.core.routing import Plan, Request, plan, target_of
 from cpmiw.core.services import Family, Service
 from cpmiw.settings import load_settings
 from cpmiw.store.redis import StoreError
@@ -92,6 +92,38 @@ VALID = marker.issue(RULES.secret, marker.binding("c1@h", "7", "MESSAGE"), NOW, 
 def test_basic_routes(request_: Request, rule: str, action: Action) -> None:
     decision = run(request_).decision
     assert (decision.rule, decision.action) == (rule, action)
+
+
+@pytest.mark.parametrize(
+    ("ruri", "rule"),
+    [
+        ("sip:127.0.0.4:5060", "addressed-to-as"),
+        ("sip:report@127.0.0.4;transport=udp", "addressed-to-as"),  # 5060 by default
+        ("sip:x@127.0.0.3:5071", "foreign-domain"),  # another port of an AS host
+        ("sips:127.0.0.4", "foreign-domain"),  # 5061
+        ("sip:127.0.0.4:5060x", "foreign-domain"),
+    ],
+)
+def test_only_the_as_uris_host_and_port_are_addressed_to_an_as(ruri: str, rule: str) -> None:
+    assert run(message(ruri)).decision.rule == rule
+
+
+@pytest.mark.parametrize(
+    ("uri", "target"),
+    [
+        ("sip:as.example.net", ("as.example.net", 5060)),
+        ("sip:u@AS.example.net:5070;transport=tcp", ("as.example.net", 5070)),
+        ("sips:as.example.net", ("as.example.net", 5061)),
+        ("sip:as.example.net;transport=TLS", ("as.example.net", 5061)),
+        ("sip:[2001:db8::3]:5080", ("[2001:db8::3]", 5080)),
+        ("sip:[2001:db8::3]", ("[2001:db8::3]", 5060)),
+        ("sip:as.example.net:99999", ("as.example.net", 0)),
+        ("sip:as.example.net:" + "9" * 5000, ("as.example.net", 0)),
+        ("sip:as.example.net:5\u00b2", ("as.example.net", 0)),
+    ],
+)
+def test_target_of(uri: str, target: tuple[str, int]) -> None:
+    assert target_of(uri) == target
 
 
 def test_valid_marker_from_the_as_is_delivered_with_the_right_tag() -> None:

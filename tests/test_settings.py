@@ -92,14 +92,13 @@ def test_as_addresses_default_to_the_as_hosts(
 ) -> None:
     settings = load_settings({"CPMIW_IM_AS": im_as, "CPMIW_IP_SM_GW": ip_sm_gw})
     assert settings.rules.as_addresses == expected
-    assert settings.rules.as_hosts == expected
 
 
 def test_explicit_as_addresses_win_and_are_trusted() -> None:
     env = {"CPMIW_IM_AS": "sip:as.example.net", "CPMIW_AS_ADDRESSES": "10.0.0.9"}
     settings = load_settings(env)
     assert settings.rules.as_addresses == {"10.0.0.9"}
-    assert settings.rules.as_hosts == {"as.example.net", "127.0.0.4"}
+    assert settings.rules.as_targets == {("as.example.net", 5060), ("127.0.0.4", 5060)}
     assert settings.rules.trusted_addresses == {"10.0.0.9"}
 
 

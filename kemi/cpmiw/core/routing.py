@@ -56,9 +56,25 @@ class Rules:
     answer_options: bool  # answer OPTIONS for subscribers without CPM
 
     @property
-    def as_hosts(self) -> frozenset[str]:
-        """Hosts of the default ASes: requests addressed to them are relayed, not routed."""
-        return frozenset(host_of(uri) for uri in (self.policy.im_as, self.policy.ip_sm_gw))
+    def as_targets(self) -> frozenset[tuple[str, int]]:
+        """(host, port) of the default ASes: requests addressed to them are relayed, not routed.
+        Another port of an AS host is not an AS: the proxy relays nowhere else."""
+        return frozenset(target_of(uri) for uri in (self.policy.im_as, self.policy.ip_sm_gw))
+
+
+def target_of(uri: str) -> tuple[str, int]:
+    """The host (lower-cased) and port a SIP URI addresses; without a port, 5060, or 5061 for
+    `sips:` and `transport=tls` (RFC 3261 19.1.2). A port that is not a number gives 0."""
+    scheme, _, rest = uri.partition(":")
+    address, *params = rest.split("?", 1)[0].split(";")
+    hostport = address.rpartition("@")[2]
+    after_host = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+    port = after_host.partition(":")[2]
+    if not port:
+        tls = scheme.lower() == "sips" or any(p.strip().lower() == "transport=tls" for p in params)
+        return host_of(uri), 5061 if tls else 5060
+    valid = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535
+    return host_of(uri), int(port) if valid else 0
 
 
 @dataclass(frozen=True)
@@ -134,7 +150,7 @@ def plan(
         and (request.host not in rules.domains)
     ):
         decision = Decision(Action.DELIVER, ADDRESSED_TO_AS)
-        if request.host not in rules.as_hosts:
+        if target_of(request.ruri) not in rules.as_targets:
             decision = FOREIGN
         return Plan(Service.NONE, decision, warnings=warnings, untrusted=untrusted, routed=routed)
     try:

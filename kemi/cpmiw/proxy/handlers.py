@@ -15,7 +15,7 @@ from ..store.cache import CachedProfiles
 from ..store.conversations import ConversationStore
 from ..store.profiles import ProfileStore
 from ..store.redis import connect, parse_url
-from . import http, registrations
+from . import http, registrations, trusted
 from .changes import CHANGE_WAIT, ChangeWatcher
 from .conversations import Conversations
 from .delivery import Deliverer
@@ -92,4 +92,5 @@ def mod_init() -> Handlers:
     settings = load_settings()
     parse_url(settings.redis_url)  # a URL naming no topology stops Kamailio here, with why
     metrics.setup(shadow=settings.shadow)
+    trusted.publish(settings)
     return Handlers(settings)

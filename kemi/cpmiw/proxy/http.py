@@ -9,6 +9,13 @@ from .ksr import pv
 
 
 def serve() -> None:
-    """Answers an HTTP request on the metrics listener."""
+    """Answers an HTTP request on the metrics listener: GET /metrics, and nothing else.
+
+    Scraping is read-only: any other method is 405 (Allow: GET), whatever the path.
+    """
+    if pv("$rm") != "GET":
+        KSR.hdr.append_to_reply("Allow: GET\r\n")
+        KSR.xhttp.xhttp_reply(405, "Method Not Allowed", "text/plain", "GET /metrics only\n")
+        return
     status, reason, content_type, body = metrics.serve(pv("$hu"))
     KSR.xhttp.xhttp_reply(status, reason, content_type, body.decode())

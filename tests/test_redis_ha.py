@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from cpmiw.core.conversation import Conversation
 from cpmiw.ops.cli import main
-from cpmiw.store.profiles import ProfileStore, Stamp
+from cpmiw.store.conversations import ConversationStore
+from cpmiw.store.profiles import ID, ProfileStore, Stamp
 from cpmiw.store.redis import StoreError, UrlError, connect, parse_url
 from cpmiw.testing import make_profile, wait_until
-from cpmiw.testing.topology import SentinelSet, sentinel_set
+from cpmiw.testing.topology import Cluster, SentinelSet, redis_cluster, sentinel_set
 
 # ---- URLs ----------------------------------------------------------------------------------
 
@@ -134,3 +137,99 @@ def test_unreachable_sentinels_fail_fast() -> None:
     with pytest.raises(StoreError):
         store.lookup("tel:+1")
     assert time.monotonic() - started < 1.0
+
+
+# ---- Cluster ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with redis_cluster() as topology:
+        yield topology
+
+
+def test_cluster_spreads_subscribers_and_reads_each_from_its_shard(cluster: Cluster) -> None:
+    store = ProfileStore(connect(cluster.url, timeout=0.5))
+    profiles = [make_profile(f"spread{n}", f"+1555800{n:04d}", "cpm") for n in range(300)]
+    store.put(profiles)
+    per_shard = [master.client().dbsize() for master in cluster.masters()]
+    assert len(per_shard) == 3 and min(per_shard) > 100  # 600 copies, no single hash tag
+    reader = store.reader()
+    for profile in profiles[::7]:
+        assert reader.lookup(profile.subscriber) == profile
+        assert store.lookup(f"tel:+1555800{profiles.index(profile):04d}") == profile
+    assert reader.lookup("tel:+15558999999") is None
+
+
+def test_cluster_change_stream_tells_of_each_write(cluster: Cluster) -> None:
+    store = ProfileStore(connect(cluster.url, timeout=0.5))
+    signal = store.signal(wait=1.0)
+    stamp = signal.stamp()
+    erin = make_profile("erin", "+15558100001", "im")
+    store.put([erin])
+    assert signal.wait(stamp)  # at once: the entry is there already
+    changes = store.changes(stamp.last)
+    assert changes.identities == erin.aliases
+    assert changes.epoch == stamp.epoch != ""
+    store.delete("tel:+15558100001")
+    assert store.changes(changes.cursor).identities == erin.aliases
+    assert store.reader().lookup(erin.subscriber) is None
+
+
+def test_cli_imports_exports_and_moves_identities_on_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    env = {"CPMIW_REDIS_URL": cluster.url}
+    runner = CliRunner()
+    lines = "".join(f"sip:csv{n}@ims.example.net tel:+1555820{n:04d},cpm\n" for n in range(50))
+    (tmp_path / "in.csv").write_text("identities,services\n" + lines)
+    done = runner.invoke(main, ["profile", "import", str(tmp_path / "in.csv")], env=env)
+    assert done.exit_code == 0, done.output
+    exported = runner.invoke(
+        main, ["profile", "export", "-m", "sip:csv*", "--format", "csv"], env=env
+    )
+    assert exported.exit_code == 0, exported.output
+    assert exported.stdout.count("sip:csv") == 50
+    # An identity moved to another subscriber: the look-up by it finds the new owner at once.
+    moved = runner.invoke(
+        main, ["profile", "alias", "rm", "sip:csv1@ims.example.net", "tel:+15558200001"], env=env
+    )
+    assert moved.exit_code == 0, moved.output
+    added = runner.invoke(
+        main, ["profile", "alias", "add", "sip:csv2@ims.example.net", "tel:+15558200001"], env=env
+    )
+    assert added.exit_code == 0, added.output
+    found = ProfileStore(connect(cluster.url, 0.5)).reader().lookup("tel:+15558200001")
+    assert found is not None and found.subscriber == "sip:csv2@ims.example.net"
+
+
+def test_conversations_are_kept_on_cluster(cluster: Cluster) -> None:
+    conversations = ConversationStore(connect(cluster.url, timeout=0.5), ttl=60)
+    conversations.remember("sip:a@ims.example.net", "tel:+1555", Conversation("c1", "k1"))
+    assert conversations.recall("sip:a@ims.example.net", "tel:+1555") == Conversation("c1", "k1")
+
+
+def test_reader_and_writer_follow_a_shard_failover(cluster: Cluster) -> None:
+    """A master is killed: its replica takes its slots; the same reader finds them there."""
+    store = ProfileStore(connect(cluster.url, timeout=0.2))
+    reader = store.reader()
+    fay = make_profile("fay", "+15558300001", "cpm")
+    store.put([fay])  # acknowledged by the shard's replica before put() returns
+    assert reader.lookup(fay.subscriber) == fay
+    victim = cluster.owner(ID + fay.subscriber)
+    victim.kill()
+
+    def served() -> bool:
+        try:
+            return reader.lookup(fay.subscriber) == fay
+        except StoreError:
+            return False
+
+    started = time.monotonic()
+    wait_until(served, "the promoted replica", timeout=15)
+    assert cluster.owner(ID + fay.subscriber) is not victim
+    assert time.monotonic() - started < 10
+    wait_until(cluster.healthy, "every slot served")
+    again = make_profile("fay", "+15558300001", "cpm,sms")
+    store.put([again])
+    assert reader.lookup("tel:+15558300001") == again

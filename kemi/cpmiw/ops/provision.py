@@ -1,10 +1,12 @@
 """Bulk provisioning: profiles read from files, checked, compared with Redis, then written.
 
-Nothing is ever half-written. Every record of a file is decoded and validated by the one profile
-model first (an error names the file, the line and the field); identities are checked for
+Nothing is half-written (on Redis Cluster, copies are written key by key: an interrupted import
+is completed by running it again). Every record of a file is decoded and validated by the one
+profile model first (an error names the file, the line and the field); identities are checked for
 duplicates within the file and for owners in Redis; only then are the new and changed profiles
-written, all in one MULTI/EXEC through `ProfileStore.put`, the path the proxy's per-worker caches
-watch for invalidation. Unchanged profiles are not rewritten, so a re-import disturbs no cache.
+written through `ProfileStore.put` (one MULTI/EXEC; on Redis Cluster key by key, see
+store/profiles.py), the path the proxy's per-worker caches watch for invalidation. Unchanged
+profiles are not rewritten, so a re-import disturbs no cache.
 
 Formats: JSON (one profile or a list of them), JSON Lines (one profile a line) and CSV with a
 header row naming profile fields; in CSV, list fields are separated by spaces:
@@ -25,7 +27,7 @@ import msgspec
 
 from ..core import profile as profile_model
 from ..core.profile import Profile, ProfileError
-from ..store.profiles import ALIAS, PROFILE, ProfileStore
+from ..store.profiles import ProfileStore
 from ..store.redis import Client
 
 FORMATS = ("json", "jsonl", "csv")
@@ -33,7 +35,6 @@ COLUMNS: tuple[str, ...] = Profile.__struct_fields__
 REQUIRED_COLUMNS = ("identities", "services")
 _LIST_FIELDS = frozenset({"identities", "services"})
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-_CHUNK = 10_000  # keys per MGET: one round trip each, replies of bounded size
 _AT_PATH = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<path>[^`]*)`$")
 
 Progress = Callable[[int], None]
@@ -249,18 +250,11 @@ class Provisioning:
         self.client = client
         self.store = ProfileStore(client)
 
-    def _mget(self, keys: Sequence[str]) -> list[str | None]:
-        values: list[str | None] = []
-        for start in range(0, len(keys), _CHUNK):
-            chunk = self.client.mget(keys[start : start + _CHUNK])
-            values.extend(v.decode() if isinstance(v, bytes) else v for v in chunk)
-        return values
-
     def stored(self, subscribers: Sequence[str]) -> list[Profile | ProfileError | None]:
         """The stored profile of each subscriber (None when absent, the error when invalid)."""
         return [
             None if raw is None else _decoded_or_error(raw)
-            for raw in self._mget([PROFILE + s for s in subscribers])
+            for raw in self.store.copies(subscribers)
         ]
 
     def changes(self, entries: Sequence[Entry]) -> list[Change]:
@@ -275,7 +269,8 @@ class Provisioning:
 
     def _check_owners(self, entries: Sequence[Entry]) -> None:
         claims = [(e, alias) for e in entries for alias in sorted(e.profile.aliases)]
-        owners = self._mget([ALIAS + alias for _, alias in claims])
+        copies = self.store.copies([alias for _, alias in claims])
+        owners = [None if raw is None else _owner(raw) for raw in copies]
         for (entry, alias), owner in zip(claims, owners, strict=True):
             if owner is not None and owner != entry.profile.subscriber:
                 raise ConflictError(
@@ -291,8 +286,13 @@ class Provisioning:
 
     def subscribers(self, pattern: str = "*") -> list[str]:
         """Every stored subscriber whose canonical identity matches the glob `pattern`, sorted."""
-        keys = self.client.scan_iter(match=PROFILE + pattern, count=1000)
-        return sorted(key.decode()[len(PROFILE) :] for key in keys)
+        identities = self.store.identities(pattern)
+        copies = self.store.copies(identities)
+        return [
+            identity
+            for identity, raw in zip(identities, copies, strict=True)
+            if raw is not None and _owner(raw) in (identity, None)
+        ]
 
     def export(self, pattern: str = "*") -> Iterator[tuple[str, Profile | ProfileError]]:
         """Every stored profile matching `pattern`, sorted by subscriber."""
@@ -302,7 +302,13 @@ class Provisioning:
                 yield subscriber, found
 
 
-def _decoded_or_error(raw: str) -> Profile | ProfileError:
+def _owner(raw: bytes) -> str | None:
+    """The subscriber a stored copy belongs to; None when the copy is no valid profile."""
+    found = _decoded_or_error(raw)
+    return None if isinstance(found, ProfileError) else found.subscriber
+
+
+def _decoded_or_error(raw: bytes) -> Profile | ProfileError:
     try:
         return profile_model.decode(raw)
     except ProfileError as error:

@@ -1,49 +1,68 @@
 """The profile store: terminating service profiles in Redis.
 
-Key layout (format 1, see README):
+Key layout (format 2, see README):
 
-    cpmiw:1:profile:<subscriber>   JSON profile; <subscriber> = canonical first identity
-    cpmiw:1:alias:<identity>       <subscriber>, one key per canonical identity (itself included)
+    cpmiw:2:id:<identity>       the subscriber's whole profile (JSON), one copy under each of
+                                its canonical identities (the subscriber's own included)
+    cpmiw:2:{changes}           stream of changes, one entry per write: the identities touched
+    cpmiw:2:{changes}:epoch     random token set by the first write into an empty database
 
-    cpmiw:1:changes                stream of changes, one entry per write: the identities touched
-    cpmiw:1:epoch                  random token set by the first write into an empty database
+Why a copy under each identity: a look-up by any alias is one GET of one key, so on Redis
+Cluster it goes to one shard, and a reader can never see half a subscriber (a profile without
+its alias, or an alias to a profile not written yet): each key holds a whole profile, the old or
+the new one. Subscribers spread over the shards by identity; only the change stream and its
+epoch share a hash tag (`{changes}`), so that the stream script reads both on one shard.
 
-A look-up is one round trip (a server-side script follows the alias). Writes go through
-MULTI/EXEC so a reader never sees a profile without its aliases or the other way round, and the
-same transaction appends the identities it touched to the change stream: that is how the
-per-worker caches (cache.py) learn what to forget, since Redis 7.0 has no client-side caching
-for redis-py. Kamailio's change watcher waits on the stream (`ChangeSignal`, on a connection of
-its own) and publishes its stamp; workers read the stream only when it moved. An
-epoch that differs from the one a worker knows means the data set was replaced (a Redis
-restarted empty, a FLUSHALL): it forgets everything.
+Writes: on one server (or Sentinel's master) one MULTI/EXEC writes every copy, drops the copies
+of identities a subscriber lost and appends the change entry. On Cluster a transaction cannot
+span shards: each copy is written by itself (atomic per key), and the change entry is appended
+after the data, so that a worker told of a change reads data that is there already. The writer
+then waits for a replica to acknowledge (WAIT), so that a failover right after a write loses
+nothing the tool reported written.
+
+The change stream is how the per-worker caches (cache.py) learn what to forget, since Redis 7.0
+has no client-side caching for redis-py. Kamailio's change watcher waits on the stream
+(`ChangeSignal`, on a connection of its own) and publishes its stamp; workers read the stream
+only when it moved. An epoch that differs from the one a worker knows means the data set was
+replaced (a Redis restarted empty, a FLUSHALL): it forgets everything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from ..core import profile as profile_model
 from ..core.profile import Profile
-from .redis import Client, Connections, StoreError, socket_timeout, text
+from .redis import (
+    FAILURES,
+    Client,
+    Connections,
+    StoreError,
+    is_cluster,
+    socket_timeout,
+    text,
+)
 
-PREFIX = "cpmiw:1:"
-PROFILE = PREFIX + "profile:"
-ALIAS = PREFIX + "alias:"
-CHANGES = PREFIX + "changes"
-EPOCH = PREFIX + "epoch"
+PREFIX = "cpmiw:2:"
+ID = PREFIX + "id:"
+CHANGES = PREFIX + "{changes}"
+EPOCH = CHANGES + ":epoch"
 EVERYTHING = "*"  # a change entry that invalidates every cached identity (bulk writes)
 BULK = 256  # a write touching more identities than this invalidates everything
 CHANGES_KEPT = 10_000  # approximate length of the change stream
+CHUNK = 10_000  # keys per MGET or SCAN step: one round trip each, replies of bounded size
+REPLICA_WAIT_MS = 1000  # how long a write waits for a replica's acknowledgement
 
-_FOLLOW_ALIAS = f"""
-local subscriber = redis.call('GET', KEYS[1])
-if not subscriber then return false end
-return redis.call('GET', '{PROFILE}' .. subscriber)
+# Appends one change entry (ARGV[3...]: field, value pairs) after setting the epoch if unset.
+_RECORD_CHANGE = """
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 """
 
 # One round trip per stream read. Returns the epoch, the stream's first and last entry ids, and
@@ -76,7 +95,8 @@ def _stream_id(text: str) -> tuple[int, int]:
 class ProfileStore:
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._follow_alias = client.register_script(_FOLLOW_ALIAS)
+        self._cluster = is_cluster(client)
+        self._record_change = client.register_script(_RECORD_CHANGE)
         self._changes_since = client.register_script(_CHANGES_SINCE)
 
     def lookup(self, identity: str) -> Profile | None:
@@ -85,41 +105,101 @@ class ProfileStore:
         Raises StoreError when Redis fails and ProfileError when the stored profile is invalid.
         """
         try:
-            raw = self._follow_alias(keys=[ALIAS + identity])
-        except redis.RedisError as error:
+            raw = self._client.get(ID + identity)
+        except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
         return None if raw is None else profile_model.decode(raw)
 
+    def copies(self, identities: Sequence[str]) -> list[bytes | None]:
+        """What is stored under each identity (a profile's JSON), None where nothing is."""
+        keys = [ID + identity for identity in identities]
+        values: list[bytes | None] = []
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start : start + CHUNK]
+            if self._cluster:  # MGET cannot span shards: redis-py splits it by slot
+                found = cast(RedisCluster, self._client).mget_nonatomic(chunk)
+            else:
+                found = cast(redis.Redis, self._client).mget(chunk)
+            values += [None if value is None else _raw(value) for value in found]
+        return values
+
+    def identities(self, pattern: str = "*") -> list[str]:
+        """Every identity with a stored copy matching the glob `pattern` (every shard), sorted."""
+        keys = self._client.scan_iter(match=ID + pattern, count=CHUNK)
+        return sorted(text(key)[len(ID) :] for key in keys)
+
     def put(self, profiles: Iterable[Profile]) -> None:
-        """Stores profiles and their aliases in one transaction, dropping aliases they lost."""
+        """Stores each profile under every identity, dropping the identities it lost."""
         profiles = list(profiles)
         if not profiles:
             return
-        old = self._client.mget([PROFILE + p.subscriber for p in profiles])
-        touched: set[str] = set()
-        with self._client.pipeline(transaction=True) as tx:
-            for new, stored in zip(profiles, old, strict=True):
-                if stored is not None:
-                    lost = _aliases_of(stored) - new.aliases
-                    if lost:
-                        tx.delete(*[ALIAS + alias for alias in lost])
-                    touched |= lost
-                touched |= new.aliases
-                tx.set(PROFILE + new.subscriber, profile_model.encode(new))
-                tx.mset({ALIAS + alias: new.subscriber for alias in new.aliases})
-            _record_change(tx, touched)
-            tx.execute()
+        copies: dict[str, bytes] = {}
+        lost: set[str] = set()
+        for new, stored in zip(
+            profiles, self.copies([p.subscriber for p in profiles]), strict=True
+        ):
+            if stored is not None:
+                lost |= _aliases_of(stored) - new.aliases
+            encoded = profile_model.encode(new)
+            copies.update((ID + alias, encoded) for alias in new.aliases)
+        touched = lost | {alias for p in profiles for alias in p.aliases}
+        self._write(copies, [ID + alias for alias in lost if ID + alias not in copies], touched)
 
     def delete(self, identity: str) -> bool:
-        """Removes the subscriber owning `identity`, with all its aliases; False if none."""
+        """Removes the subscriber owning `identity`, with all its copies; False if none."""
         found = self.lookup(identity)
         if found is None:
             return False
-        with self._client.pipeline(transaction=True) as tx:
-            tx.delete(PROFILE + found.subscriber, *[ALIAS + alias for alias in found.aliases])
-            _record_change(tx, found.aliases)
-            tx.execute()
+        self._write({}, [ID + alias for alias in found.aliases], found.aliases)
         return True
+
+    def _write(
+        self, copies: dict[str, bytes], gone: list[str], touched: set[str] | frozenset[str]
+    ) -> None:
+        if self._cluster:
+            self._write_per_key(copies, gone, touched)
+        else:
+            with self._client.pipeline(transaction=True) as tx:
+                if gone:
+                    tx.delete(*gone)
+                if copies:
+                    tx.mset(copies)
+                self._record_change(keys=[CHANGES, EPOCH], args=_change_entry(touched), client=tx)
+                tx.execute()
+        self._await_replica()
+
+    def _write_per_key(
+        self, copies: dict[str, bytes], gone: list[str], touched: set[str] | frozenset[str]
+    ) -> None:
+        """Cluster: each key by itself, grouped per shard; the change entry after the data,
+        even when part of it failed (what was written must still be forgotten by the caches)."""
+        try:
+            with self._client.pipeline(transaction=False) as batch:
+                for key, value in copies.items():
+                    batch.set(key, value)
+                for key in gone:
+                    batch.delete(key)
+                batch.execute()
+        finally:
+            self._record_change(keys=[CHANGES, EPOCH], args=_change_entry(touched))
+
+    def _await_replica(self) -> None:
+        """Waits until a replica of each master written to has the write, when it has one."""
+        if self._cluster:
+            cluster = cast(RedisCluster, self._client)
+            primaries = cluster.get_primaries()  # type: ignore[no-untyped-call]
+            masters: list[Any] = [cluster.get_redis_connection(node) for node in primaries]
+        else:
+            masters = [self._client]
+        for master in masters:
+            role = master.execute_command("ROLE")
+            if text(role[0]) == "master" and role[2]:
+                acknowledged = master.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+                if acknowledged < 1:
+                    raise StoreError(
+                        f"written on the master, but no replica acknowledged it within"
+                        f" {REPLICA_WAIT_MS} ms: a failover now would lose it"
+                    )
 
     def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
         """The identities changed since `cursor` (None: start from now), in one round trip.
@@ -132,7 +212,7 @@ class ProfileStore:
             epoch, first, last, entries = self._changes_since(
                 keys=[CHANGES, EPOCH], args=[cursor or "", limit]
             )
-        except redis.RedisError as error:
+        except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
         epoch, last = text(epoch), text(last)
         if cursor is None or cursor == last:
@@ -155,11 +235,15 @@ class ProfileStore:
         return Reader(self._client)
 
 
-def _record_change(tx: redis.client.Pipeline, identities: set[str] | frozenset[str]) -> None:
-    """Appends one change entry to the transaction; each identity is a field name."""
-    fields = dict.fromkeys(identities if len(identities) <= BULK else [EVERYTHING], "")
-    tx.set(EPOCH, secrets.token_hex(8), nx=True)
-    tx.xadd(CHANGES, fields, maxlen=CHANGES_KEPT, approximate=True)  # type: ignore[arg-type]
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _change_entry(identities: set[str] | frozenset[str]) -> list[str | int]:
+    """The arguments of _RECORD_CHANGE: a new epoch, the stream's length, the fields (each
+    identity a field name; a bulk write is one field, EVERYTHING)."""
+    fields = sorted(identities) if len(identities) <= BULK else [EVERYTHING]
+    return [secrets.token_hex(8), CHANGES_KEPT, *(item for f in fields for item in (f, ""))]
 
 
 class Reader:
@@ -167,23 +251,15 @@ class Reader:
 
     def __init__(self, client: Client) -> None:
         self._connections = Connections(client)
-        self._sha = hashlib.sha1(_FOLLOW_ALIAS.encode()).hexdigest()
 
     def lookup(self, identity: str) -> Profile | None:
         """As ProfileStore.lookup: StoreError when Redis fails, ProfileError when invalid."""
-        raw = self._evalsha(ALIAS + identity)
-        return None if raw is None else profile_model.decode(raw)
-
-    def _evalsha(self, key: str) -> bytes | None:
-        execute = self._connections.execute
+        key = ID + identity
         try:
-            try:
-                return execute(key, "EVALSHA", self._sha, 1, key)  # type: ignore[no-any-return]
-            except redis.exceptions.NoScriptError:  # a restarted Redis has forgotten the script
-                execute(key, "SCRIPT", "LOAD", _FOLLOW_ALIAS)
-                return execute(key, "EVALSHA", self._sha, 1, key)  # type: ignore[no-any-return]
-        except redis.ResponseError as error:
+            raw = self._connections.execute(key, "GET", key)
+        except redis.ResponseError as error:  # a key of another type: tampered with by hand
             raise StoreError(f"redis: {error}") from error
+        return None if raw is None else profile_model.decode(raw)
 
 
 class ChangeSignal:

@@ -138,7 +138,6 @@ def connect(url: str, timeout: float) -> Client:
     fail_fast: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry_on_timeout": False,
         "health_check_interval": 0,
     }
     if target.kind == "sentinel":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpmiw.core.devices import registered, summary, usrloc_key
+from cpmiw.core.devices import next_expiry, registered, summary, usrloc_key
 from cpmiw.core.services import Family
 
 CPM, IM, SMS = Family.CPM, Family.IM, Family.SMS
@@ -40,3 +40,9 @@ def test_no_devices_is_an_empty_summary() -> None:
 def test_a_text_that_is_no_summary_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"invalid literal|not a valid Family|not expires:"):
         registered(text, 0.0)
+
+
+def test_the_next_expiry_is_the_earliest_contact_still_registered() -> None:
+    assert next_expiry("100:cpm 300:im 0:sms", 150.0) == 300
+    assert next_expiry("0:cpm", 150.0) is None
+    assert next_expiry("100:cpm", 150.0) is None

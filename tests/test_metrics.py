@@ -188,11 +188,15 @@ def test_counters_move_by_exactly_the_traffic_sent(metered: Network, metrics_dir
         ("foreign-domain",): 1,
     }
     assert moved(before, after, "cpmiw_as_default_handling_total") == {("continue",): 1}
-    assert moved(before, after, "cpmiw_decision_seconds_count") == {(): 13}
+    # The second message to the IM user is replayed by kamailio.cfg (the plugin delivered the
+    # same request before); those to the CPM user may be, depending on which arrives first.
+    replayed = moved(before, after, "cpmiw_replayed_total")[()]
+    assert 1 <= replayed <= 3
+    assert moved(before, after, "cpmiw_decision_seconds_count")[()] + replayed == 13
     lookups = moved(before, after, "cpmiw_profile_lookups_total")
-    # Every request but the foreign one looked up once; the AS's failover carries out the plan
-    # made for its request, without a look-up of its own.
-    assert sum(lookups.values()) == 11
+    # Every request the plugin routed but the foreign one looked up once; the AS's failover
+    # carries out the plan made for its request, without a look-up of its own.
+    assert sum(lookups.values()) + replayed == 11
     assert ("error",) not in lookups and lookups.get(("miss",), 0) >= 1
     assert moved(before, after, "cpmiw_redis_seconds_count")[()] >= lookups[("miss",)]
     assert moved(before, after, "cpmiw_redis_errors_total") == {}

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.core.rewrite import rewrite_feature_header, rewrite_service_header
+from cpmiw.core.classify import ServiceHeaders
+from cpmiw.core.rewrite import header_edits, rewrite_feature_header, rewrite_service_header
 from cpmiw.core.services import Service
 
 S = Service
@@ -145,3 +146,21 @@ def test_value_without_source_is_unchanged(
     pieces = st.sampled_from(COMMON + fragments) | st.text(alphabet=' ;,="<>\\', max_size=3)
     value = "".join(data.draw(st.lists(pieces, max_size=12)))
     assert rewrite_feature_header(value, source, target) == value
+
+
+def test_header_edits_name_only_the_headers_that_change() -> None:
+    headers = ServiceHeaders(
+        "MESSAGE",
+        accept_contact=f'*;+g.3gpp.icsi-ref="{enc("oma.cpm.msg")}"',
+        preferred_service=ICSI + "oma.cpm.msg",
+        asserted_service=ICSI + "oma.cpm.msg",
+    )
+    edits = header_edits(headers, Service.CPM_MSG, Service.IM_PAGER)
+    assert edits == {
+        "Accept-Contact": "*;+g.oma.sip-im",
+        "P-Preferred-Service": None,
+        "P-Asserted-Service": None,
+    }
+    assert header_edits(headers, Service.CPM_MSG, None) == {}
+    kept = header_edits(headers, Service.CPM_MSG, None, drop_asserted=True)
+    assert kept == {"P-Asserted-Service": None}

@@ -51,8 +51,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
+from .core import memo
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
     from prometheus_client.metrics_core import Metric
 
@@ -121,7 +123,12 @@ _METRICS = {
         "histogram", "Duration of Redis round trips made by the plugin, failed ones included."
     ),
     "cpmiw_decision_seconds": _Spec(
-        "histogram", "Time the plugin takes to route one initial request, look-up included."
+        "histogram",
+        "Time the plugin takes to route one initial request, look-up included (replays aside).",
+    ),
+    "cpmiw_replayed": _Spec(
+        "counter",
+        "Initial requests kamailio.cfg routed as the plugin did one of the same shape before.",
     ),
     # Set once in the main process, which outlives the workers: the maximum over the processes.
     "cpmiw_shadow_mode": _Spec(
@@ -363,20 +370,39 @@ class _Collector:
         return self.metrics
 
 
-def render() -> tuple[str, bytes]:
-    """Content type and body of the exposition: the sum over every process's files."""
+def _add_replayed(totals: dict[Key, list[float]], replayed: Mapping[str, int]) -> None:
+    """Adds the requests kamailio.cfg replayed (core/memo.py labels: count) to the decisions."""
+    for text, count in replayed.items():
+        labels = memo.split_labels(text)
+        if labels is None:
+            continue
+        method, service, action, rule = labels
+        method = method if method in METHODS else "other"
+        for key in (
+            ("cpmiw_requests", method, service, action),
+            ("cpmiw_decision_rules", rule),
+            ("cpmiw_replayed",),
+        ):
+            totals.setdefault(key, [0.0])[0] += count
+
+
+def render(replayed: Mapping[str, int] | None = None) -> tuple[str, bytes]:
+    """Content type and body of the exposition: the sum over every process's files, and the
+    requests kamailio.cfg replayed without the plugin (`replayed`)."""
     if _directory is None:
         return CONTENT_TYPE, b""
     from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
 
+    totals = _sum(_directory)
+    _add_replayed(totals, replayed or {})
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(_rendered(_sum(_directory))))
+    registry.register(_Collector(_rendered(totals)))
     return CONTENT_TYPE, generate_latest(registry)
 
 
-def serve(path: str) -> tuple[int, str, str, bytes]:
+def serve(path: str, replayed: Mapping[str, int] | None = None) -> tuple[int, str, str, bytes]:
     """An HTTP answer (status, reason, content type, body) for a GET of `path`."""
     if path.split("?", 1)[0] != "/metrics":
         return 404, "Not Found", "text/plain", b"cpmiw serves /metrics only\n"
-    content_type, body = render()
+    content_type, body = render(replayed)
     return 200, "OK", content_type, body

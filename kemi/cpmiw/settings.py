@@ -50,6 +50,7 @@ class Settings:
     redis_backoff: float  # s without Redis calls after a failure (circuit breaker)
     cache_entries: int  # profiles cached per worker process
     cache_max_age: float  # s after which a cached profile is fetched again
+    memo_ttl: int  # s a plain delivery stays remembered for kamailio.cfg to replay (0: never)
     marker_ttl: int
     retry_after: int
     as_timeout: int  # ms an AS has to answer before its default handling applies
@@ -117,6 +118,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         redis_backoff=_int(env, "CPMIW_REDIS_BACKOFF_MS", 500) / 1000,
         cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 50_000),
         cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
+        memo_ttl=_int(env, "CPMIW_MEMO_TTL", 300, most=86400),
         marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32, most=300),
         retry_after=_int(env, "CPMIW_RETRY_AFTER", 30),
         as_timeout=_int(env, "CPMIW_AS_TIMEOUT_MS", 2000),

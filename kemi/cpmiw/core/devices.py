@@ -50,3 +50,9 @@ def registered(text: str, now: float) -> list[frozenset[Family]]:
     """The families of each device in a summary still registered at `now`; ValueError when
     `text` is not a summary."""
     return [families for expires, families in _parsed(text) if not expires or expires > now]
+
+
+def next_expiry(text: str, now: float) -> float | None:
+    """When the set of devices a summary says are registered at `now` next changes (a contact
+    expires); None when none of them expires. ValueError when `text` is not a summary."""
+    return min((e for e, _ in _parsed(text) if e > now), default=None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 from . import fields
+from .classify import ServiceHeaders
 from .services import ICSI_FEATURE, IM_TAG_FOR, Service, icsi_urn
 
 
@@ -73,3 +74,36 @@ def _members(param_value: str | None) -> list[str]:
     """The raw (still encoded) members of a quoted feature value."""
     inner = (param_value or "").strip().strip('"')
     return [member.strip() for member in inner.split(",") if member.strip()]
+
+
+# The headers a rewrite may change, in the order the proxy edits them.
+EDITED = ("Accept-Contact", "Contact", "P-Preferred-Service", "P-Asserted-Service")
+
+
+def header_edits(
+    headers: ServiceHeaders,
+    source: Service,
+    target: Service | None,
+    *,
+    drop_asserted: bool = False,
+) -> dict[str, str | None]:
+    """The headers of a request that change, with their new value (None: removed).
+
+    `target` None: no rewrite. `drop_asserted`: the sender may not assert services, so its
+    P-Asserted-Service goes, whatever the rewrite.
+    """
+    values = (
+        (headers.accept_contact, rewrite_feature_header),
+        (headers.contact, rewrite_feature_header),
+        (headers.preferred_service, rewrite_service_header),
+        (headers.asserted_service, rewrite_service_header),
+    )
+    edits: dict[str, str | None] = {}
+    for header, (old, rewrite) in zip(EDITED, values, strict=True):
+        if not old:
+            continue
+        if header == "P-Asserted-Service" and drop_asserted:
+            edits[header] = None
+        elif target is not None and (new := rewrite(old, source, target)) != old:
+            edits[header] = new or None
+    return edits

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import KSR  # provided by app_python3 inside Kamailio
 
 from ..core.decision import NOT_REGISTERED, Action, Decision
-from ..core.rewrite import rewrite_feature_header, rewrite_service_header
+from ..core.rewrite import header_edits
 from ..core.routing import Plan, Request
 from ..core.services import Family, Service
 from ..settings import Settings
@@ -96,16 +96,9 @@ class Deliverer:
         An untrusted sender's P-Asserted-Service was removed already: it stays removed.
         """
         headers = request.headers
-        rewrites = (
-            ("Accept-Contact", headers.accept_contact, rewrite_feature_header),
-            ("Contact", headers.contact, rewrite_feature_header),
-            ("P-Preferred-Service", headers.preferred_service, rewrite_service_header),
-            ("P-Asserted-Service", "" if delivery.untrusted else headers.asserted_service,
-             rewrite_service_header),
-        )  # fmt: skip
-        for header, old, rewrite in rewrites:
-            new = rewrite(old, delivery.service, target) if old else old
-            if new != old:
-                KSR.hdr.remove(header)
-                if new:
-                    append_header(header, new)
+        if delivery.untrusted:
+            headers = replace(headers, asserted_service="")
+        for header, new in header_edits(headers, delivery.service, target).items():
+            KSR.hdr.remove(header)
+            if new is not None:
+                append_header(header, new)

@@ -21,6 +21,8 @@ from .conversations import Conversations
 from .delivery import Deliverer
 from .handoff import HandOff
 from .initial import InitialRouting
+from .memo import Memo
+from .registrations import RegisteredDevices
 
 
 class Handlers:
@@ -51,7 +53,11 @@ class Handlers:
         )
         deliverer = Deliverer(settings, conversations)
         self._handoff = HandOff(settings, deliverer, conversations)
-        self._initial = InitialRouting(settings, profiles, deliverer, self._handoff)
+        registered = RegisteredDevices()
+        memo = Memo(settings.memo_ttl, settings.rules.as_addresses, registered)
+        self._initial = InitialRouting(
+            settings, profiles, registered, deliverer, self._handoff, memo
+        )
         # Used by the change watcher's process only; opens its connection on first use.
         self._watcher = ChangeWatcher(store.signal(CHANGE_WAIT), settings.redis_backoff)
         return 0

@@ -6,6 +6,7 @@ import KSR  # provided by app_python3 inside Kamailio
 
 from .. import metrics
 from .ksr import pv
+from .memo import tallies
 
 
 def serve() -> None:
@@ -17,5 +18,5 @@ def serve() -> None:
         KSR.hdr.append_to_reply("Allow: GET\r\n")
         KSR.xhttp.xhttp_reply(405, "Method Not Allowed", "text/plain", "GET /metrics only\n")
         return
-    status, reason, content_type, body = metrics.serve(pv("$hu"))
+    status, reason, content_type, body = metrics.serve(pv("$hu"), tallies())
     KSR.xhttp.xhttp_reply(status, reason, content_type, body.decode())

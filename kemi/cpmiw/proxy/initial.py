@@ -15,12 +15,13 @@ from ..core.routing import Plan, Request, plan
 from ..core.services import ICSI_FEATURE, icsi_urn
 from ..settings import Settings
 from ..store.cache import CachedProfiles
-from . import registrations
 from .delivery import Deliverer, Delivery
 from .facts import read_request
 from .handoff import HandOff
 from .ksr import pv, reply
 from .log import record
+from .memo import Memo
+from .registrations import RegisteredDevices
 
 # htable (kamailio.cfg) of the AS markers already honoured, kept longer than a marker lives.
 MARKERS = "markers"
@@ -39,13 +40,17 @@ class InitialRouting:
         self,
         settings: Settings,
         profiles: CachedProfiles,
+        registered: RegisteredDevices,
         deliverer: Deliverer,
         handoff: HandOff,
+        memo: Memo,
     ) -> None:
         self._settings = settings
         self._profiles = profiles
+        self._registered = registered
         self._deliverer = deliverer
         self._handoff = handoff
+        self._memo = memo
         self.stamp_seen = ""  # the published change stamp, as read with the request being routed
 
     def route(self) -> None:
@@ -58,7 +63,7 @@ class InitialRouting:
                 request,
                 self._settings.rules,
                 self._profiles.lookup,
-                registrations.registrations,
+                self._registered,
                 time.time(),
                 _first_use,
             )
@@ -89,7 +94,11 @@ class InitialRouting:
         if decision.target is not None:
             self._handoff.send(routing, request, decision.target)
             return decision
-        return self._deliverer.carry_out(Delivery.of(routing, decision), request)
+        shape = self._memo.candidate(routing, request, self.stamp_seen)
+        taken = self._deliverer.carry_out(Delivery.of(routing, decision), request)
+        if shape is not None and taken is decision:
+            self._memo.remember(shape, self.stamp_seen, routing, request)
+        return taken
 
     @staticmethod
     def _answer_options(decision: Decision) -> None:

@@ -47,16 +47,25 @@ def _contacts(aor: str) -> list[tuple[int, frozenset[Family]]]:
         KSR.registrar.reg_free_contacts("cpmiw")
 
 
-def registrations(aor: str) -> list[frozenset[Family]]:
-    """The recipient's registered devices, with what each registered it can take
-    (a `routing.Registrations`)."""
-    summary = KSR.htable.sht_get(devices.SUMMARY_TABLE, devices.usrloc_key(aor))
-    if summary is not None:
-        try:
-            return devices.registered(str(summary), time.time())
-        except ValueError:
-            KSR.warn(f"cpmiw: registrations of {aor} read from usrloc: bad summary\n")
-    return [families for _, families in _contacts(aor)]
+class RegisteredDevices:
+    """The recipient's registered devices, with what each registered it can take (a
+    `routing.Registrations` for one worker), and the summary the last answer was read from."""
+
+    def __init__(self) -> None:
+        self.summary: tuple[str, str] | None = None  # (AOR, summary text) of the last answer
+
+    def __call__(self, aor: str) -> list[frozenset[Family]]:
+        self.summary = None
+        text = KSR.htable.sht_get(devices.SUMMARY_TABLE, devices.usrloc_key(aor))
+        if text is not None:
+            try:
+                found = devices.registered(str(text), time.time())
+            except ValueError:
+                KSR.warn(f"cpmiw: registrations of {aor} read from usrloc: bad summary\n")
+            else:
+                self.summary = aor, str(text)
+                return found
+        return [families for _, families in _contacts(aor)]
 
 
 def forget(aor: str) -> None:

@@ -1,0 +1,113 @@
+"""Remembering plain deliveries for kamailio.cfg's route[MEMO] (the entries: core/memo.py).
+
+The plugin writes an entry after it delivered a request itself; route[MEMO] finds it for the next
+request of the same shape and replays it without calling Python: the same header edits, the
+registrar's look-up of the same AOR, t_relay(), a count in htable `tally` (rendered with the
+plugin's metrics) and, with CPMIW_DECISION_LOG=all, the same decision log line.
+
+Only what cannot differ is remembered: a deliver or rewrite to a subscriber whose devices were
+read from their summary, from a sender that is not an AS (whose requests may get conversation
+headers back), with no Route header and no warning. Bounded: an entry lives at most
+CPMIW_MEMO_TTL (less a random quarter, so that entries made together do not expire together)
+and not past a contact expiry of its summary; none is written while less than half the shared
+memory is free.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import KSR  # provided by app_python3 inside Kamailio
+
+from ..core import devices, memo
+from ..core.decision import Action, Decision
+from ..core.rewrite import header_edits
+from ..core.routing import Plan, Request
+from .registrations import RegisteredDevices
+
+TABLE = "memo"  # htable (kamailio.cfg) of the remembered outcomes
+TALLY = "tally"  # htable (kamailio.cfg): requests replayed, per labels
+# The request's shape as route[MEMO] builds it into an outcome's key: keep the two the same.
+SHAPE = (
+    "$_s($ru|$rm|$si|$(hdr(Accept-Contact)[*])|$(hdr(Contact)[*])"
+    "|$(hdr(P-Preferred-Service)[*])|$(hdr(P-Asserted-Service)[*])|$(hdr(Content-Type)[*]))"
+)
+_ITERATOR = "cpmiw_tally"
+
+
+def _free_enough() -> bool:
+    free, total = KSR.pv.get("$stat(free_size)"), KSR.pv.get("$stat(total_size)")
+    return bool(total) and int(free or 0) * 2 >= int(total)
+
+
+class Memo:
+    def __init__(self, ttl: float, as_addresses: frozenset[str], registered: RegisteredDevices):
+        self._ttl = ttl
+        self._as_addresses = as_addresses
+        self._registered = registered
+
+    def candidate(self, routing: Plan, request: Request, stamp: str) -> str | None:
+        """The shape of a request whose plan may be remembered once carried out, else None.
+
+        Read before the plan is carried out: delivering changes the Request-URI. Nothing is
+        remembered before the change watcher published a stamp: the profiles' version is unknown.
+        """
+        decision = routing.decision
+        if (
+            self._ttl <= 0
+            or not stamp
+            or decision.action not in (Action.DELIVER, Action.REWRITE)
+            or routing.routed
+            or routing.warnings
+            or routing.profile is None
+            or request.source in self._as_addresses
+            or self._registered.summary is None
+            or self._registered.summary[0] != routing.profile.registration_aor
+        ):
+            return None
+        try:
+            shape = str(KSR.pv.get(SHAPE))
+        except UnicodeDecodeError:  # not UTF-8: a shape the plugin routes every time
+            return None
+        return shape if "\x00" not in shape else None
+
+    def remember(self, shape: str, stamp: str, routing: Plan, request: Request) -> None:
+        """Remembers a plan that was carried out as decided (`candidate` gave its shape)."""
+        assert routing.profile is not None and self._registered.summary is not None
+        aor, summary = self._registered.summary
+        decision: Decision = routing.decision
+        now = time.time()
+        ttl = memo.lifetime(
+            self._ttl * random.uniform(0.75, 1.0), devices.next_expiry(summary, now), now
+        )
+        edits = header_edits(
+            request.headers, routing.service, decision.rewrite_to, drop_asserted=routing.untrusted
+        )
+        labels = memo.labels(request.method, routing.service, decision)
+        text = memo.outcome(labels, edits)
+        if not ttl or text is None or not _free_enough():
+            return
+        sep = memo.SEPARATOR
+        if KSR.htable.sht_is_null(TALLY, labels) > 0:
+            KSR.htable.sht_seti(TALLY, labels, 0)
+        KSR.htable.sht_setxs(
+            TABLE, f"A{stamp}{sep}{request.ruri}", f"{devices.usrloc_key(aor)}{sep}{aor}", ttl
+        )
+        KSR.htable.sht_setxs(TABLE, f"O{stamp}{sep}{shape}{sep}{summary}", text, ttl)
+
+
+def tallies() -> dict[str, int]:
+    """The requests route[MEMO] replayed, per labels (`core.memo.labels`), since the start."""
+    counts: dict[str, int] = {}
+    if KSR.htable.sht_iterator_start(_ITERATOR, TALLY) < 0:
+        return counts
+    try:
+        while KSR.htable.sht_iterator_next(_ITERATOR) >= 0:
+            key = KSR.pv.get(f"$shtitkey({_ITERATOR})")
+            value = KSR.pv.get(f"$shtitval({_ITERATOR})")
+            if key is not None and value is not None:
+                counts[str(key)] = int(value)
+    finally:
+        KSR.htable.sht_iterator_end(_ITERATOR)
+    return counts

@@ -1,0 +1,152 @@
+"""Plain deliveries remembered by the plugin and replayed by kamailio.cfg (route[MEMO]).
+
+Each test sends a request the plugin routes, then one of the same shape that kamailio.cfg
+replays (its decision log line ends in `replayed`), and checks the replay is what the plugin
+would have done: the same headers at the device, and a new decision as soon as the profile or
+the registrations it was made with change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from conftest import Network, RedisServer, make_network
+from cpmiw.core.devices import usrloc_key
+from cpmiw.core.message import SipMessage
+from cpmiw.ops.rpc import KamailioRpc
+from cpmiw.testing.sipnet import Peer
+from sipflows import (
+    CPM_MSG_URN,
+    cpm_message,
+    deliver_and_answer,
+    device,
+    end_to_end_lines,
+    subscriber,
+)
+
+IM_TAG = "+g.oma.sip-im"
+IM = f";{IM_TAG}"  # registered Contact parameters
+CPM = ';+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'
+
+
+def decision(net: Network, request: SipMessage) -> str:
+    call_id = request.header("Call-ID")
+    assert call_id is not None
+    return net.kamailio.decision_lines(call_id)[0]
+
+
+def replayed(net: Network, request: SipMessage) -> bool:
+    return decision(net, request).endswith(" replayed")
+
+
+def until_replayed(
+    net: Network, caller: Peer, ue: Peer, make: Callable[[], SipMessage]
+) -> list[tuple[SipMessage, SipMessage]]:
+    """Requests from `make`, each delivered to `ue`, until one is replayed: (as sent, as
+    received) each. At most three: the first after the proxy started may come before the change
+    watcher's first stamp, and nothing is remembered then."""
+    exchanged: list[tuple[SipMessage, SipMessage]] = []
+    while not exchanged or not replayed(net, exchanged[-1][0]):
+        assert len(exchanged) < 3, "nothing replayed"
+        request = make()
+        exchanged.append((request, deliver_and_answer(caller, ue, request, net)))
+    return exchanged
+
+
+def test_a_rewrite_is_replayed_with_the_same_headers(net: Network) -> None:
+    bob = subscriber(net, "im")
+    with Peer() as caller, device(net, bob, tags=IM) as ue:
+        exchanged = until_replayed(
+            net, caller, ue, lambda: cpm_message(caller, bob.registration_aor)
+        )
+    (first, at_first), (last, at_last) = exchanged[0], exchanged[-1]
+    assert not replayed(net, first)
+    assert "action=rewrite rule=interworking-rewrite status=-" in decision(net, last)
+
+    def without_ids(msg: SipMessage) -> list[str]:
+        return [
+            line
+            for line in end_to_end_lines(msg)
+            if line.split(":")[0].lower() not in ("call-id", "cseq", "from", "to")
+        ]
+
+    assert without_ids(at_last) == without_ids(at_first)
+    assert at_last.header_values("Accept-Contact")[0].startswith(f"*;{IM_TAG};require")
+    assert at_last.header("P-Preferred-Service") is None  # the CPM URN left with the rewrite
+
+
+def test_an_untrusted_p_asserted_service_is_removed_on_replay_too(net: Network) -> None:
+    dave = subscriber(net, "cpm")
+
+    def asserting() -> SipMessage:
+        request = cpm_message(caller, dave.registration_aor)
+        return request.with_header("P-Asserted-Service", CPM_MSG_URN)
+
+    with Peer() as caller, device(net, dave, tags=CPM) as ue:
+        exchanged = until_replayed(net, caller, ue, asserting)
+    assert [received.header("P-Asserted-Service") for _, received in exchanged] == [None] * len(
+        exchanged
+    )
+
+
+def test_a_profile_change_is_routed_by_the_plugin_at_once(net: Network) -> None:
+    bob = subscriber(net, "im")
+    with Peer() as caller, device(net, bob, tags=IM) as ue:
+        for _ in range(2):
+            deliver_and_answer(caller, ue, cpm_message(caller, bob.registration_aor), net)
+        net.store.put([msgspec.structs.replace(bob, barred=True)])
+        barred = cpm_message(caller, bob.registration_aor)
+        deadline = time.monotonic() + 1.0
+        while (status := caller.ask(barred, net.kamailio.address).status) != 403:
+            assert time.monotonic() < deadline, f"still {status} after the change"
+            barred = cpm_message(caller, bob.registration_aor)
+    assert not replayed(net, barred)
+
+
+def test_a_new_registration_is_routed_by_the_plugin(net: Network) -> None:
+    """The IM tablet gives way to a CPM phone: no rewrite any more, at once."""
+    carol = subscriber(net, "cpm,im")
+    with Peer() as caller:
+        with device(net, carol, tags=IM) as tablet:
+            for _ in range(2):
+                at_tablet = deliver_and_answer(
+                    caller, tablet, cpm_message(caller, carol.registration_aor), net
+                )
+        assert at_tablet.header_values("Accept-Contact")[0].startswith(f"*;{IM_TAG}")
+        with device(net, carol, tags=CPM) as phone:
+            request = cpm_message(caller, carol.registration_aor)
+            at_phone = deliver_and_answer(caller, phone, request, net)
+    assert not replayed(net, request)
+    assert "icsi.oma.cpm.msg" in at_phone.header_values("Accept-Contact")[0]
+
+
+def test_a_contact_removed_behind_the_registrar_gets_the_plugins_480(net: Network) -> None:
+    erin = subscriber(net, "cpm")
+    with Peer() as caller, device(net, erin, tags=CPM) as ue:
+        for _ in range(2):
+            deliver_and_answer(caller, ue, cpm_message(caller, erin.registration_aor), net)
+        with KamailioRpc(str(net.kamailio.rpc_socket)) as rpc:
+            rpc.call("ul.rm", "location", usrloc_key(erin.registration_aor))
+        request = cpm_message(caller, erin.registration_aor)
+        assert caller.ask(request, net.kamailio.address).status == 480
+    assert "rule=not-registered status=480" in decision(net, request)
+
+
+@pytest.fixture(scope="module")
+def unremembering(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
+    yield from make_network(redis_server, log_dir, {"CPMIW_MEMO_TTL": "0"})
+
+
+def test_nothing_is_replayed_with_memo_ttl_zero(unremembering: Network) -> None:
+    net = unremembering
+    bob = subscriber(net, "im")
+    with Peer() as caller, device(net, bob, tags=IM) as ue:
+        sent = [cpm_message(caller, bob.registration_aor) for _ in range(3)]
+        for request in sent:
+            deliver_and_answer(caller, ue, request, net)
+    assert [replayed(net, request) for request in sent] == [False, False, False]

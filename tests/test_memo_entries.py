@@ -1,0 +1,34 @@
+"""core.memo: the text of the entries kamailio.cfg replays."""
+
+from __future__ import annotations
+
+from cpmiw.core import memo
+from cpmiw.core.decision import Action, Decision
+from cpmiw.core.services import Service
+
+REWRITE = Decision(Action.REWRITE, "interworking-rewrite", rewrite_to=Service.IM_PAGER)
+
+
+def test_labels_are_the_metrics_labels_and_split_back() -> None:
+    text = memo.labels("MESSAGE", Service.CPM_MSG, REWRITE)
+    assert text == "MESSAGE/cpm.msg/rewrite/interworking-rewrite"
+    assert memo.split_labels(text) == ("MESSAGE", "cpm.msg", "rewrite", "interworking-rewrite")
+    assert memo.split_labels("MESSAGE/cpm.msg/rewrite") is None
+    assert memo.split_labels("a//b/c") is None
+
+
+def test_an_outcome_codes_each_header_kept_replaced_or_removed() -> None:
+    edits = {"Accept-Contact": "*;+g.oma.sip-im", "P-Preferred-Service": None}
+    assert memo.outcome("L", edits) == "L|1020|*;+g.oma.sip-im|||"
+    assert memo.outcome("L", {}) == "L|0000||||"
+
+
+def test_values_that_cannot_be_carried_give_no_outcome() -> None:
+    assert memo.outcome("L", {"Contact": "<sip:a@b>;x=a|b"}) is None
+    assert memo.outcome("L", {"Contact": "<sip:a@b>\r\n x"}) is None
+
+
+def test_an_entry_lives_no_longer_than_the_next_contact_expiry() -> None:
+    assert memo.lifetime(300.0, None, 1000.0) == 300
+    assert memo.lifetime(300.0, 1060.5, 1000.0) == 60
+    assert memo.lifetime(300.0, 1000.5, 1000.0) == 0

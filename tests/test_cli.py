@@ -28,7 +28,7 @@ from conftest import DOMAIN, Network, RedisServer
 from cpmiw.core import profile as profile_model
 from cpmiw.core.message import SipMessage
 from cpmiw.ops.cli import main
-from cpmiw.store.profiles import ID
+from cpmiw.store.profiles import PREFIX, identity_key
 from cpmiw.testing import make_profile
 from cpmiw.testing.sipnet import Peer
 
@@ -57,7 +57,7 @@ class Cli:
         return result
 
     def stored_keys(self) -> list[bytes]:
-        keys = self.client.keys(f"{ID}*")
+        keys = self.client.keys(f"{PREFIX}{{*}}:id:*")
         return sorted(key if isinstance(key, bytes) else key.encode() for key in keys)
 
 
@@ -190,7 +190,7 @@ def test_alias_add_list_remove(cli: Cli) -> None:
     ]
     cli.ok("profile", "alias", "rm", BOB, "sip:robert@ims.example.net", "tel:+1-555-123-0002")
     assert cli.ok("-F", "json", "profile", "alias", "list", BOB).stdout == f'[\n  "{BOB}"\n]\n'
-    assert sorted(cli.stored_keys()) == [f"{ID}{BOB}".encode()]
+    assert sorted(cli.stored_keys()) == [identity_key(BOB).encode()]
 
 
 def test_alias_errors_write_nothing(cli: Cli) -> None:
@@ -347,7 +347,7 @@ def test_export_reads_back_as_the_same_profiles(cli: Cli, tmp_path: Path, fmt: s
 
 def test_export_names_invalid_stored_profiles(cli: Cli) -> None:
     cli.ok("profile", "set", "-f", "-", input=json.dumps(BOB_JSON))
-    cli.client.set(f"{ID}sip:broken@{DOMAIN}", b'{"services": ["fax"]}')
+    cli.client.set(identity_key(f"sip:broken@{DOMAIN}"), b'{"services": ["fax"]}')
     result = cli("profile", "export")
     assert result.exit_code == 4
     assert result.stderr.startswith(f"error: stored profile of sip:broken@{DOMAIN} is invalid: ")
@@ -397,7 +397,7 @@ def test_bulk_csv_import_of_100k_subscribers(redis_server: RedisServer, tmp_path
         )
         assert elapsed < BULK_BOUND
         assert client.dbsize() >= 2 * BULK  # a copy under each of the two identities
-        last = msgspec.json.decode(client.get(f"{ID}sip:bulk{BULK - 1}@{DOMAIN}") or b"")
+        last = msgspec.json.decode(client.get(identity_key(f"sip:bulk{BULK - 1}@{DOMAIN}")) or b"")
         assert last["identities"] == [f"sip:bulk{BULK - 1}@{DOMAIN}", f"tel:+1559{BULK - 1:07d}"]
         print(f"\nimported {BULK} subscribers from CSV in {elapsed:.1f} s")
     finally:

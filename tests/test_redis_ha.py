@@ -12,12 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from click.testing import CliRunner
+from redis.crc import key_slot
 
+from conftest import RedisServer
 from cpmiw.core.conversation import Conversation
 from cpmiw.ops.cli import main
 from cpmiw.store.conversations import ConversationStore
-from cpmiw.store.profiles import ID, ProfileStore, Stamp
+from cpmiw.store.profiles import READY_KEYS, ProfileStore, Stamp, identity_key, ready_key
 from cpmiw.store.redis import StoreError, UrlError, connect, parse_url
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.topology import Cluster, SentinelSet, redis_cluster, sentinel_set
@@ -216,7 +219,7 @@ def test_reader_and_writer_follow_a_shard_failover(cluster: Cluster) -> None:
     fay = make_profile("fay", "+15558300001", "cpm")
     store.put([fay])  # acknowledged by the shard's replica before put() returns
     assert reader.lookup(fay.subscriber) == fay
-    victim = cluster.owner(ID + fay.subscriber)
+    victim = cluster.owner(identity_key(fay.subscriber))
     victim.kill()
 
     def served() -> bool:
@@ -227,9 +230,42 @@ def test_reader_and_writer_follow_a_shard_failover(cluster: Cluster) -> None:
 
     started = time.monotonic()
     wait_until(served, "the promoted replica", timeout=15)
-    assert cluster.owner(ID + fay.subscriber) is not victim
+    assert cluster.owner(identity_key(fay.subscriber)) is not victim
     assert time.monotonic() - started < 10
     wait_until(cluster.healthy, "every slot served")
     again = make_profile("fay", "+15558300001", "cpm,sms")
     store.put([again])
     assert reader.lookup("tel:+15558300001") == again
+
+
+# ---- readiness markers ---------------------------------------------------------------------
+
+
+def test_each_identity_key_shares_its_slot_with_a_readiness_marker() -> None:
+    keys = [identity_key(f"tel:+1555900{n:04d}") for n in range(2000)]
+    assert all(key_slot(ready_key(k).encode()) == key_slot(k.encode()) for k in keys)
+    assert {ready_key(k) for k in keys} <= set(READY_KEYS)
+    assert len({key_slot(k.encode()) for k in keys}) > 1000  # buckets spread over the slots
+
+
+def test_a_write_marks_the_store_ready_a_partial_one_does_not(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/5")
+    client.flushdb()
+    store = ProfileStore(connect(f"redis://127.0.0.1:{redis_server.port}/5", timeout=1.0))
+    store.put([make_profile("gus", "+15559100001", "cpm")], ready=False)
+    assert client.exists(*READY_KEYS) == 0
+    store.put([make_profile("hal", "+15559100002", "cpm")])
+    assert client.exists(*READY_KEYS) == len(READY_KEYS)
+    client.flushdb()
+    store.mark_ready()
+    assert client.exists(*READY_KEYS) == len(READY_KEYS)
+    client.flushdb()
+
+
+def test_cluster_markers_are_on_every_shard(cluster: Cluster) -> None:
+    ProfileStore(connect(cluster.url, timeout=0.5)).mark_ready()
+    counts = [
+        sum(1 for _ in master.client().scan_iter(match="cpmiw:2:{*}:ready", count=1000))
+        for master in cluster.masters()
+    ]
+    assert sum(counts) == len(READY_KEYS) and min(counts) > len(READY_KEYS) / 5

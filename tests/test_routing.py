@@ -13,7 +13,7 @@ import pytest
 from conftest import DOMAIN, Network
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
-from cpmiw.store.profiles import ID
+from cpmiw.store.profiles import identity_key
 from cpmiw.testing.sipnet import Dialog, Peer, StatelessProxy
 from sipflows import (
     CPM_MSG_ACCEPT,
@@ -216,7 +216,7 @@ def test_rejections_carry_precise_statuses(net: Network) -> None:
 def test_malformed_profile_gives_503_with_retry_after_and_a_log_line(net: Network) -> None:
     identity = f"sip:broken{secrets.token_hex(3)}@{DOMAIN}"
     client = net.redis.client()
-    client.set(f"{ID}{identity}", b'{"identities": ["sip:x@y"], "services": ["fax"]}')
+    client.set(identity_key(identity), b'{"identities": ["sip:x@y"], "services": ["fax"]}')
     with Peer() as caller:
         answer = caller.ask(cpm_message(caller, identity), net.kamailio.address)
     assert (answer.status, answer.header("Retry-After")) == (503, "30")

@@ -2,16 +2,21 @@
 
 Key layout (format 2, see README):
 
-    cpmiw:2:id:<identity>       the subscriber's whole profile (JSON), one copy under each of
-                                its canonical identities (the subscriber's own included)
-    cpmiw:2:{changes}           stream of changes, one entry per write: the identities touched
-    cpmiw:2:{changes}:epoch     random token set by the first write into an empty database
+    cpmiw:2:{<bucket>}:id:<identity>   the subscriber's whole profile (JSON), one copy under
+                                       each of its canonical identities (its own included)
+    cpmiw:2:{<bucket>}:ready           set when the store was written complete (any write)
+    cpmiw:2:{changes}                  stream of changes, one entry per write: the identities
+    cpmiw:2:{changes}:epoch            random token set by the first write into an empty store
 
-Why a copy under each identity: a look-up by any alias is one GET of one key, so on Redis
+Why a copy under each identity: a look-up by any alias is one read of one key, so on Redis
 Cluster it goes to one shard, and a reader can never see half a subscriber (a profile without
 its alias, or an alias to a profile not written yet): each key holds a whole profile, the old or
-the new one. Subscribers spread over the shards by identity; only the change stream and its
-epoch share a hash tag (`{changes}`), so that the stream script reads both on one shard.
+the new one. Why buckets: an identity's bucket (CRC-32 of it, one of 4096) is the hash tag of its
+key, so its readiness marker lives in the same slot and a look-up checks both in one script, on
+Cluster too: a shard lost and emptied has lost its buckets' markers, and its subscribers read as
+"store not ready", never as "no such user". 4096 buckets spread over the 16384 slots spread the
+subscribers evenly over any number of shards up to a few dozen. The change stream and its epoch
+share a tag (`{changes}`), so that the stream script reads both on one shard.
 
 Writes: on one server (or Sentinel's master) one MULTI/EXEC writes every copy, drops the copies
 of identities a subscriber lost and appends the change entry. On Cluster a transaction cannot
@@ -30,6 +35,7 @@ replaced (a Redis restarted empty, a FLUSHALL): it forgets everything.
 from __future__ import annotations
 
 import secrets
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -50,7 +56,7 @@ from .redis import (
 )
 
 PREFIX = "cpmiw:2:"
-ID = PREFIX + "id:"
+BUCKETS = 4096  # hash tags of the identity keys (a fixed part of the layout)
 CHANGES = PREFIX + "{changes}"
 EPOCH = CHANGES + ":epoch"
 EVERYTHING = "*"  # a change entry that invalidates every cached identity (bulk writes)
@@ -58,6 +64,35 @@ BULK = 256  # a write touching more identities than this invalidates everything
 CHANGES_KEPT = 10_000  # approximate length of the change stream
 CHUNK = 10_000  # keys per MGET or SCAN step: one round trip each, replies of bounded size
 REPLICA_WAIT_MS = 1000  # how long a write waits for a replica's acknowledgement
+
+
+def bucket(identity: str) -> str:
+    """The bucket of a canonical identity: the hash tag of its key, 3 hex digits."""
+    return f"{zlib.crc32(identity.encode('utf-8', 'surrogateescape')) % BUCKETS:03x}"
+
+
+def identity_key(identity: str) -> str:
+    """The key holding the profile of the subscriber owning a canonical identity."""
+    return f"{PREFIX}{{{bucket(identity)}}}:id:{identity}"
+
+
+def ready_key(key: str) -> str:
+    """The readiness marker in the same slot as an identity key (same bucket)."""
+    return key[: key.index("}") + 1] + ":ready"
+
+
+def identity_of(key: str) -> str:
+    """The identity an identity key holds the profile of."""
+    return key[key.index("}:id:") + len("}:id:") :]
+
+
+READY_KEYS = tuple(f"{PREFIX}{{{number:03x}}}:ready" for number in range(BUCKETS))
+
+# Sets every readiness marker (KEYS) that is not set: the store is complete.
+_MARK_READY = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, '1', 'NX') end
+return #KEYS
+"""
 
 # Appends one change entry (ARGV[3...]: field, value pairs) after setting the epoch if unset.
 _RECORD_CHANGE = """
@@ -97,6 +132,7 @@ class ProfileStore:
         self._client = client
         self._cluster = is_cluster(client)
         self._record_change = client.register_script(_RECORD_CHANGE)
+        self._mark_ready = client.register_script(_MARK_READY)
         self._changes_since = client.register_script(_CHANGES_SINCE)
 
     def lookup(self, identity: str) -> Profile | None:
@@ -105,14 +141,14 @@ class ProfileStore:
         Raises StoreError when Redis fails and ProfileError when the stored profile is invalid.
         """
         try:
-            raw = self._client.get(ID + identity)
+            raw = self._client.get(identity_key(identity))
         except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
         return None if raw is None else profile_model.decode(raw)
 
     def copies(self, identities: Sequence[str]) -> list[bytes | None]:
         """What is stored under each identity (a profile's JSON), None where nothing is."""
-        keys = [ID + identity for identity in identities]
+        keys = [identity_key(identity) for identity in identities]
         values: list[bytes | None] = []
         for start in range(0, len(keys), CHUNK):
             chunk = keys[start : start + CHUNK]
@@ -125,11 +161,15 @@ class ProfileStore:
 
     def identities(self, pattern: str = "*") -> list[str]:
         """Every identity with a stored copy matching the glob `pattern` (every shard), sorted."""
-        keys = self._client.scan_iter(match=ID + pattern, count=CHUNK)
-        return sorted(text(key)[len(ID) :] for key in keys)
+        keys = self._client.scan_iter(match=f"{PREFIX}{{*}}:id:{pattern}", count=CHUNK)
+        return sorted(identity_of(text(key)) for key in keys)
 
-    def put(self, profiles: Iterable[Profile]) -> None:
-        """Stores each profile under every identity, dropping the identities it lost."""
+    def put(self, profiles: Iterable[Profile], *, ready: bool = True) -> None:
+        """Stores each profile under every identity, dropping the identities it lost.
+
+        `ready`: the store is complete after this write (marked ready); a bulk import that
+        writes in batches says so with its last batch only.
+        """
         profiles = list(profiles)
         if not profiles:
             return
@@ -141,35 +181,52 @@ class ProfileStore:
             if stored is not None:
                 lost |= _aliases_of(stored) - new.aliases
             encoded = profile_model.encode(new)
-            copies.update((ID + alias, encoded) for alias in new.aliases)
+            copies.update((identity_key(alias), encoded) for alias in new.aliases)
         touched = lost | {alias for p in profiles for alias in p.aliases}
-        self._write(copies, [ID + alias for alias in lost if ID + alias not in copies], touched)
+        gone = [key for key in map(identity_key, lost) if key not in copies]
+        self._write(copies, gone, touched, ready=ready)
 
     def delete(self, identity: str) -> bool:
         """Removes the subscriber owning `identity`, with all its copies; False if none."""
         found = self.lookup(identity)
         if found is None:
             return False
-        self._write({}, [ID + alias for alias in found.aliases], found.aliases)
+        self._write({}, [identity_key(alias) for alias in found.aliases], found.aliases)
         return True
 
+    def mark_ready(self) -> None:
+        """Marks the store complete as it is (an empty one, or one whose lost data is back);
+        every cache forgets what it holds, since the data may have been restored around it."""
+        self._write({}, [], frozenset(), ready=True)
+
     def _write(
-        self, copies: dict[str, bytes], gone: list[str], touched: set[str] | frozenset[str]
+        self,
+        copies: dict[str, bytes],
+        gone: list[str],
+        touched: set[str] | frozenset[str],
+        *,
+        ready: bool = False,
     ) -> None:
         if self._cluster:
-            self._write_per_key(copies, gone, touched)
+            self._write_per_key(copies, gone, touched, ready)
         else:
             with self._client.pipeline(transaction=True) as tx:
                 if gone:
                     tx.delete(*gone)
                 if copies:
                     tx.mset(copies)
+                if ready:
+                    self._mark_ready(keys=READY_KEYS, client=tx)
                 self._record_change(keys=[CHANGES, EPOCH], args=_change_entry(touched), client=tx)
                 tx.execute()
         self._await_replica()
 
     def _write_per_key(
-        self, copies: dict[str, bytes], gone: list[str], touched: set[str] | frozenset[str]
+        self,
+        copies: dict[str, bytes],
+        gone: list[str],
+        touched: set[str] | frozenset[str],
+        ready: bool,
     ) -> None:
         """Cluster: each key by itself, grouped per shard; the change entry after the data,
         even when part of it failed (what was written must still be forgotten by the caches)."""
@@ -179,6 +236,8 @@ class ProfileStore:
                     batch.set(key, value)
                 for key in gone:
                     batch.delete(key)
+                for key in READY_KEYS if ready else ():
+                    batch.set(key, "1", nx=True)
                 batch.execute()
         finally:
             self._record_change(keys=[CHANGES, EPOCH], args=_change_entry(touched))
@@ -241,8 +300,8 @@ def _raw(value: bytes | str) -> bytes:
 
 def _change_entry(identities: set[str] | frozenset[str]) -> list[str | int]:
     """The arguments of _RECORD_CHANGE: a new epoch, the stream's length, the fields (each
-    identity a field name; a bulk write is one field, EVERYTHING)."""
-    fields = sorted(identities) if len(identities) <= BULK else [EVERYTHING]
+    identity a field name; a bulk write, or one that names none, is one field: EVERYTHING)."""
+    fields = sorted(identities) if 0 < len(identities) <= BULK else [EVERYTHING]
     return [secrets.token_hex(8), CHANGES_KEPT, *(item for f in fields for item in (f, ""))]
 
 
@@ -254,7 +313,7 @@ class Reader:
 
     def lookup(self, identity: str) -> Profile | None:
         """As ProfileStore.lookup: StoreError when Redis fails, ProfileError when invalid."""
-        key = ID + identity
+        key = identity_key(identity)
         try:
             raw = self._connections.execute(key, "GET", key)
         except redis.ResponseError as error:  # a key of another type: tampered with by hand

@@ -2,7 +2,9 @@
 
 Both listen on free loopback ports chosen at run time and are stopped when their fixture ends.
 SIP peers (cpmiw.testing.sipnet) bind their own loopback addresses: the IM AS on 127.0.0.3, the
-IP-SM-GW on 127.0.0.4, so that the proxy can tell them from other senders by address.
+IP-SM-GW on 127.0.0.4, so that the proxy can tell them from other senders by address. Devices
+register from 127.0.0.5, which the networks trust as a registrar (a P-CSCF that authenticated
+them); tests/test_registration_trust.py starts proxies that authenticate devices themselves.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cpmiw.testing.sipnet import Peer
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "deploy" / "cpmiw-kamailio"
 DOMAIN = "ims.example.net"
+TRUSTED_REGISTRAR = "127.0.0.5"  # where test devices register from (see above)
 # Headers of a CPM pager-mode MESSAGE (the service that barring and profiles act on).
 CPM_PAGER = [
     ("Accept-Contact", '*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'),
@@ -278,6 +281,7 @@ def make_network(
                 "CPMIW_IM_AS": im_as.uri,
                 "CPMIW_IP_SM_GW": ip_sm_gw.uri,
                 "CPMIW_AS_TIMEOUT_MS": "500",
+                "CPMIW_TRUSTED_REGISTRARS": TRUSTED_REGISTRAR,
                 **(env or {}),
             },
             log_dir,

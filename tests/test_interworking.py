@@ -250,7 +250,7 @@ def _unregister_all(peer: Peer, aor: str, expires: int) -> SipMessage:
 def test_a_register_the_registrar_refuses_is_answered_by_it(net: Network) -> None:
     """Saved without a reply so the plugin can summarise first: refusals are still answered."""
     frank = subscriber(net, "cpm")
-    with Peer() as ue:
+    with Peer("127.0.0.5") as ue:
         refused = ue.ask(_unregister_all(ue, frank.registration_aor, 3600), net.kamailio.address)
         ue.expect_nothing(0.2)  # one answer
     assert refused.status == 400  # "*" goes with Expires: 0 only

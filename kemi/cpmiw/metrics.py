@@ -130,6 +130,11 @@ _METRICS = {
         "counter",
         "Initial requests kamailio.cfg routed as the plugin did one of the same shape before.",
     ),
+    "cpmiw_registrations": _Family(
+        "counter",
+        "REGISTER requests by how the plugin admitted them, or answered them itself.",
+        ("outcome",),
+    ),
     # Set once in the main process, which outlives the workers: the maximum over the processes.
     "cpmiw_shadow_mode": _Spec(
         "gauge",
@@ -275,6 +280,12 @@ def count_lookup(result: str) -> None:
     """A profile look-up: hit (worker cache), miss (asked Redis) or error."""
     if _directory is not None:
         _count(("cpmiw_profile_lookups", result))
+
+
+def count_registration(outcome: str) -> None:
+    """A REGISTER admitted (trusted, third-party, authenticated) or answered by the plugin."""
+    if _directory is not None:
+        _count(("cpmiw_registrations", outcome))
 
 
 def observe_redis(seconds: float, error: bool) -> None:

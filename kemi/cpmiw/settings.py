@@ -13,8 +13,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .core.credential import Algorithm
 from .core.decision import Action, Decision, FileTransferToSms, Policy
 from .core.identity import host_of
+from .core.registration import Mode, RegistrationPolicy, networks
 from .core.routing import Rules
 
 
@@ -57,6 +59,7 @@ class Settings:
     conversation_ttl: int  # s the CPM conversation of an SMS interworking is remembered
     shadow: bool  # decide, log and count, but deliver everything unchanged
     decision_log: DecisionLog
+    registration: RegistrationPolicy  # who may register (README, "Trusting registrations")
 
 
 def _sip_uri(env: Mapping[str, str], name: str, default: str) -> str:
@@ -83,6 +86,29 @@ def _int(env: Mapping[str, str], name: str, default: int, most: int = 10**9) -> 
 def _list(env: Mapping[str, str], name: str, default: str) -> frozenset[str]:
     return frozenset(
         item.strip().lower() for item in env.get(name, default).split(",") if item.strip()
+    )
+
+
+def _registration(env: Mapping[str, str]) -> RegistrationPolicy:
+    name = "CPMIW_TRUSTED_REGISTRARS"
+    try:
+        registrars = networks(sorted(_list(env, name, "")))
+    except ValueError as error:
+        raise SettingsError(f"{name}={env.get(name)!r}: {error}") from None
+    mode = Mode(_choice(env, "CPMIW_REGISTRATION", "digest", tuple(m.value for m in Mode)))
+    if mode is Mode.TRUSTED and not registrars:
+        raise SettingsError(f"CPMIW_REGISTRATION=trusted: no {name}, nobody could register")
+    rate = _int(env, "CPMIW_REGISTER_RATE", 20)
+    most = _int(env, "CPMIW_MAX_CONTACTS", 10, most=1000)
+    if not rate or not most:
+        raise SettingsError("CPMIW_REGISTER_RATE and CPMIW_MAX_CONTACTS must be at least 1")
+    algorithms = tuple(a.value for a in Algorithm)
+    return RegistrationPolicy(
+        mode=mode,
+        registrars=registrars,
+        algorithm=Algorithm(_choice(env, "CPMIW_DIGEST_ALGORITHM", "MD5", algorithms)),
+        rate=rate,
+        max_contacts=most,
     )
 
 
@@ -127,4 +153,5 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         decision_log=DecisionLog(
             _choice(env, "CPMIW_DECISION_LOG", "rejects", tuple(d.value for d in DecisionLog))
         ),
+        registration=_registration(env),
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..core.services import Service
+from .credential_commands import credential
 from .explain import RequestError, explain, request_for, request_from_message
 from .options import (
     DEFAULT_CONFIG,
@@ -94,6 +95,7 @@ def main(
 
 
 main.add_command(profile)
+main.add_command(credential)
 
 
 # ---- explain ----------------------------------------------------------------------------------

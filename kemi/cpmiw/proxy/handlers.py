@@ -13,6 +13,7 @@ from .. import metrics
 from ..settings import Settings, load_settings
 from ..store.cache import CachedProfiles
 from ..store.conversations import ConversationStore
+from ..store.credentials import CredentialReader
 from ..store.profiles import ProfileStore
 from ..store.redis import connect, parse_url
 from . import http, registrations, trusted
@@ -33,6 +34,7 @@ class Handlers:
         self._initial: InitialRouting | None = None
         self._handoff: HandOff | None = None
         self._watcher: ChangeWatcher | None = None
+        self._admission: registrations.Admission | None = None
 
     def child_init(self, _rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
@@ -58,6 +60,10 @@ class Handlers:
         self._initial = InitialRouting(
             settings, profiles, registered, deliverer, self._handoff, memo
         )
+        # REGISTERs read credentials within the same time budget and breaker as look-ups.
+        self._admission = registrations.Admission(
+            settings, CredentialReader(client, profiles.breaker)
+        )
         # Used by the change watcher's process only; opens its connection on first use.
         self._watcher = ChangeWatcher(store.signal(CHANGE_WAIT), settings.redis_backoff)
         return 0
@@ -67,6 +73,11 @@ class Handlers:
         assert self._initial is not None, "child_init made it"
         self._initial.route()
         return 1
+
+    def admit_register(self, _msg: object) -> int:
+        """request_route: may this REGISTER bind? 1: kamailio.cfg saves it; -1: answered."""
+        assert self._admission is not None, "child_init made it"
+        return 1 if self._admission.admit() else -1
 
     def registered(self, _msg: object) -> int:
         """request_route, after a REGISTER was saved and before its 200 is sent."""

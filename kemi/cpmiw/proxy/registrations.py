@@ -1,9 +1,16 @@
-"""REGISTER, and the registered devices routing reads.
+"""REGISTER: who may bind contacts, and the registered devices routing reads.
 
-On each successful REGISTER (kamailio.cfg saves it without replying) the plugin notes what each
-contact's device said it takes (htable `caps`) and rewrites the AOR's summary (htable `devices`,
-core/devices.py) before the registrar's 200 is sent; routing reads the summary in one call, or
-usrloc when there is none.
+kamailio.cfg hands every REGISTER to `Admission.admit()` first (README, "Trusting
+registrations"): a sender other than a trusted registrar passes a per-source rate limit
+(Kamailio `pipelimit`) and SIP digest authentication (Kamailio `auth`, against the subscriber's
+HA1 read from Redis); a trusted registrar's REGISTER is saved as it is, and its third-party
+REGISTER gets the Contact (and Path) of the device its body names before it is saved. What may
+not bind is answered here (401, 403, 400, 503); what may is saved by kamailio.cfg (registrar
+`save()`, without replying, at most CPMIW_MAX_CONTACTS contacts an AOR).
+
+On each successful REGISTER the plugin then notes what each contact's device said it takes
+(htable `caps`) and rewrites the AOR's summary (htable `devices`, core/devices.py) before the
+registrar's 200 is sent; routing reads the summary in one call, or usrloc when there is none.
 """
 
 from __future__ import annotations
@@ -14,11 +21,19 @@ import traceback
 
 import KSR  # provided by app_python3 inside Kamailio
 
-from ..core import devices
+from .. import metrics
+from ..core import devices, thirdparty
 from ..core.classify import registered_contacts
+from ..core.credential import CredentialError, realm_of
+from ..core.identity import IdentityError, canonical
+from ..core.registration import Register, Step, admit
 from ..core.services import DEVICE_TABLE, Family, families_of_text, families_text
+from ..settings import Settings
+from ..store.credentials import CredentialReader
+from ..store.redis import StoreError
 from .ksr import all_lines, pv
 
+DEFAULT_EXPIRES = 3600  # s: a third-party REGISTER without Expires (the registrar's default)
 # What a device registered it takes (htable `caps`), as families; a handful of distinct texts.
 _tags = functools.lru_cache(maxsize=64)(families_of_text)
 # The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then each one's.
@@ -90,3 +105,152 @@ def registered() -> None:
         )
     else:
         forget(aor)
+
+
+# Kamailio auth return codes (auth/api.h) after which the device is challenged with a new nonce
+# marked stale (RFC 3261 22.4: it answers again with the same password, without asking anyone).
+_STALE = {-4, -6}  # AUTH_STALE_NONCE, AUTH_NONCE_REUSED
+_QOP_AUTH, _STALE_FLAG = 1, 16  # auth_challenge() flags
+LIMITED_RETRY_AFTER = 5  # s: what a rate-limited sender is told to wait
+LIMIT_LOG_EVERY = 10.0  # s: a source over the rate limit is logged at most this often
+_FORBIDDEN = {
+    Step.FOREIGN_DOMAIN: "Forbidden (domain not served)",
+    Step.NOT_TRUSTED: "Forbidden (registration through a trusted registrar only)",
+    Step.THIRD_PARTY_NOT_TRUSTED: "Forbidden (third-party registration not trusted)",
+}
+
+
+class Admission:
+    """Decides, per REGISTER, whether the registrar may save it; answers it when not."""
+
+    def __init__(self, settings: Settings, credentials: CredentialReader) -> None:
+        self._settings = settings
+        self._policy = settings.registration
+        self._credentials = credentials
+        self._limited_logged: dict[str, float] = {}  # source -> when last logged
+
+    def admit(self) -> bool:
+        """True: kamailio.cfg saves the REGISTER; False: it was answered here (an unexpected
+        error is logged and answered 500)."""
+        try:
+            return self._admit()
+        except Exception:
+            KSR.err(f"cpmiw: internal error call-id={pv('$ci')}: {traceback.format_exc()}\n")
+            KSR.sl.send_reply(500, "Internal Server Error")
+            metrics.count_registration("error")
+            return False
+
+    def _admit(self) -> bool:
+        source = pv("$si")
+        trusted = self._policy.trusts(source)
+        if (
+            not trusted
+            and KSR.pipelimit.pl_check_limit(f"register:{source}", "TAILDROP", self._policy.rate)
+            < 0
+        ):
+            self._limited(source)
+            return False
+        try:
+            aor = canonical(pv("$tu"))
+        except IdentityError:
+            aor = ""
+        realm = realm_of(aor) if aor.startswith("sip:") else ""
+        register = Register(
+            trusted=trusted,
+            domain_served=realm in self._settings.rules.domains,
+            third_party=thirdparty.is_third_party(pv("$hdr(Content-Type)")),
+            has_credentials=KSR.auth.has_credentials(realm) > 0 if realm else False,
+        )
+        step = admit(self._policy.mode, register)
+        if step is Step.SAVE:
+            metrics.count_registration("trusted")
+            return True
+        if step is Step.SAVE_DEVICES:
+            return self._third_party(aor)
+        if step is Step.CHALLENGE:
+            KSR.auth.auth_challenge(realm, _QOP_AUTH)
+            metrics.count_registration("challenged")
+            return False
+        if step is Step.AUTHENTICATE:
+            return self._authenticate(aor, realm)
+        self._refuse(403, _FORBIDDEN[step], "forbidden", f"{aor or pv('$tu')} from {source}")
+        return False
+
+    def _authenticate(self, aor: str, realm: str) -> bool:
+        """Checks the REGISTER's digest response against the subscriber's HA1."""
+        try:
+            credential = self._credentials.get(aor)
+        except StoreError as error:
+            KSR.hdr.append_to_reply(f"Retry-After: {self._settings.retry_after}\r\n")
+            self._refuse(503, "Service Unavailable", "unavailable", f"{aor}: {error}")
+            return False
+        except CredentialError as error:  # this subscriber's only: no breaker opened
+            KSR.hdr.append_to_reply(f"Retry-After: {self._settings.retry_after}\r\n")
+            why = f"stored credential of {aor} is invalid: {error}"
+            self._refuse(503, "Service Unavailable", "unavailable", why)
+            return False
+        algorithm = self._policy.algorithm
+        ha1 = credential.hash(algorithm) if credential else None
+        if credential is None or ha1 is None or pv("$aU") != credential.username:
+            why = (
+                "no credential"
+                if credential is None
+                else f"no {algorithm.value} HA1"
+                if ha1 is None
+                else "another username"
+            )
+            return self._challenge_again(realm, False, f"{aor}: {why}")
+        code = KSR.auth.pv_auth_check(realm, ha1, 1, 0)  # 1: the password given is an HA1
+        if code > 0:
+            metrics.count_registration("authenticated")
+            return True
+        return self._challenge_again(realm, code in _STALE, f"{aor}: auth code {code}")
+
+    def _challenge_again(self, realm: str, stale: bool, why: str) -> bool:
+        """Credentials that do not hold: a new challenge (the device may try once more)."""
+        if not stale:
+            KSR.info(f"cpmiw: REGISTER not authenticated call-id={pv('$ci')} {why}\n")
+        KSR.auth.auth_challenge(realm, _QOP_AUTH | (_STALE_FLAG if stale else 0))
+        metrics.count_registration("stale" if stale else "refused")
+        return False
+
+    def _third_party(self, aor: str) -> bool:
+        """A trusted registrar's REGISTER with a body: the devices it names are saved instead
+        of the registrar's own Contact (the message is rewritten in place for save())."""
+        expires_header = pv("$hdr(Expires)").strip()
+        expires = int(expires_header) if expires_header.isdigit() else DEFAULT_EXPIRES
+        try:
+            found = thirdparty.devices(
+                pv("$hdr(Content-Type)"), pv("$rb").encode("utf-8", "surrogateescape"), expires
+            )
+        except thirdparty.ThirdPartyError as error:
+            reason = "Bad Request (third-party REGISTER)"
+            self._refuse(400, reason, "bad-request", f"{aor}: {error}")
+            return False
+        KSR.hdr.remove("Contact")
+        KSR.hdr.append(f"Contact: {found.contact}\r\n")
+        if found.path:
+            KSR.hdr.remove("Path")
+            KSR.hdr.append(f"Path: {found.path}\r\n")
+        if found.contact == "*" and not expires_header:
+            KSR.hdr.append("Expires: 0\r\n")
+        KSR.textopsx.msg_apply_changes()
+        metrics.count_registration("third-party")
+        return True
+
+    def _refuse(self, status: int, reason: str, outcome: str, why: str) -> None:
+        KSR.warn(f"cpmiw: REGISTER answered {status} call-id={pv('$ci')} {why}\n")
+        KSR.sl.send_reply(status, reason)
+        metrics.count_registration(outcome)
+
+    def _limited(self, source: str) -> None:
+        """Over the rate limit: 503 with Retry-After; logged once a while per source."""
+        now = time.monotonic()
+        if now - self._limited_logged.get(source, -LIMIT_LOG_EVERY) >= LIMIT_LOG_EVERY:
+            if len(self._limited_logged) > 1024:  # a flood from many sources: forget the old
+                self._limited_logged.clear()
+            self._limited_logged[source] = now
+            KSR.warn(f"cpmiw: REGISTERs from {source} over {self._policy.rate}/s answered 503\n")
+        KSR.hdr.append_to_reply(f"Retry-After: {LIMITED_RETRY_AFTER}\r\n")
+        KSR.sl.send_reply(503, "Service Unavailable (too many registrations)")
+        metrics.count_registration("limited")

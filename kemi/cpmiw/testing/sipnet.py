@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Self
 
 from ..core.message import Address, SipMessage, header_entries, header_key
+from .digest import authorization
 
 
 def _drop_display_name(name_addr: str) -> str:
@@ -306,15 +307,36 @@ class Peer:
         expires: int = 3600,
         timeout: float = 5.0,
         display_name: str = "",
+        password: str | None = None,
+        username: str | None = None,
     ) -> SipMessage:
         """REGISTER this peer as a contact of `aor`; return the final response. A display name
-        is quoted as given (its text may hold any bytes: core.message.decode)."""
+        is quoted as given (its text may hold any bytes: core.message.decode).
+
+        With a `password`, a 401 challenge is answered once (digest; username: the AOR's user
+        part unless given), as a device does.
+        """
         user, _, domain = uri_of(aor).partition(":")[2].partition(";")[0].rpartition("@")
         contact = self._contact(user or "peer") + f"{contact_params};expires={expires}"
         contact = f'"{display_name}" {contact}' if display_name else contact
         tag = secrets.token_hex(4)
         msg = self.request("REGISTER", f"sip:{domain}", to=f"<{aor}>", from_=f"<{aor}>;tag={tag}")
-        return self.ask(msg.replace_header("Contact", contact), registrar, timeout)
+        msg = msg.replace_header("Contact", contact)
+        answer = self.ask(msg, registrar, timeout)
+        challenge = answer.header("WWW-Authenticate")
+        if password is None or answer.status != 401 or challenge is None:
+            return answer
+        credentials = authorization(challenge, "REGISTER", msg.ruri, username or user, password)
+        again = self.request(
+            "REGISTER",
+            msg.ruri,
+            to=f"<{aor}>",
+            from_=f"<{aor}>;tag={tag}",
+            call_id=msg.header("call-id"),
+            cseq=2,
+            headers=[("Authorization", credentials)],
+        )
+        return self.ask(again.replace_header("Contact", contact), registrar, timeout)
 
     def ask(self, request: SipMessage, dest: Address, timeout: float = 5.0) -> SipMessage:
         self.send(request, dest)

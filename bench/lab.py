@@ -220,6 +220,8 @@ def start_product(lab: Lab, redis_url: str, **env: str) -> Kamailio:
         "CPMIW_DOMAINS": "ims.example.net",
         "CPMIW_REDIS_URL": redis_url,
         "CPMIW_VENV": str(REPO / ".venv"),
+        # population.register() plays the registrar the devices registered through.
+        "CPMIW_TRUSTED_REGISTRARS": "127.0.0.1",
         **env,
     }
     process = lab.spawn(

@@ -19,6 +19,7 @@ import redis
 from ..core import profile as profile_model
 from ..core.identity import canonical
 from ..core.profile import AsFailure, Interworking, Profile, ProfileError
+from ..store.credentials import CredentialStore
 from ..store.redis import StoreError
 from .options import (
     EXIT_DIFFERENT,
@@ -211,10 +212,12 @@ def _change_json(change: Change) -> dict[str, object]:
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
 @pass_context
 def profile_delete(cli: Context, uri: str, dry_run: bool) -> None:
-    """Delete the subscriber owning URI, with all its aliases (alias: rm)."""
+    """Delete the subscriber owning URI, with all its aliases and its credential (alias: rm)."""
     found = stored(cli, uri)
     if not dry_run and not cli.provisioning.store.delete(found.subscriber):
         not_found(uri)
+    if not dry_run:  # its devices could still register
+        CredentialStore(cli.provisioning.client).remove(canonical(found.registration_aor))
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {found.subscriber} ({', '.join(sorted(found.aliases))})", err=True)
 

@@ -1,8 +1,9 @@
 """`python -m cpmiw.testing.demo`: watch the demo proxy (`make run`) route three CPM messages.
 
-Plays the IP-SM-GW at its configured address and two registered devices, bob (IM only) and
-dave (CPM), then sends a CPM pager MESSAGE to carol (SMS only), bob and dave and prints what
-each peer received. Uses the same CPMIW_* settings as the proxy.
+Plays the IP-SM-GW at its configured address and two devices, bob (IM only) and dave (CPM),
+which register with their demo passwords (digest; `password_of`), then sends a CPM pager
+MESSAGE to carol (SMS only), bob and dave and prints what each peer received. Uses the same
+CPMIW_* settings as the proxy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from .sipnet import Peer, host_port_of
 
 DOMAIN = "ims.example.net"
 CPM_MSG_ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"
+
+
+def password_of(user: str) -> str:
+    """The demo subscribers' passwords (deploy/demo-credentials.jsonl holds their HA1s)."""
+    return f"demo-{user}"
 
 
 def _show(title: str, msg: SipMessage) -> None:
@@ -48,7 +54,7 @@ def main() -> int:
         Peer() as caller,
     ):
         for user, device in (("bob", bob), ("dave", dave)):
-            answer = device.register(proxy, f"sip:{user}@{DOMAIN}")
+            answer = device.register(proxy, f"sip:{user}@{DOMAIN}", password=password_of(user))
             print(f"{user} registered: {answer.status} {answer.reason}")
         for user, receiver, status in (
             ("carol", ip_sm_gw, 202),
@@ -63,7 +69,7 @@ def main() -> int:
             final = caller.recv_response()
             print(f"    caller got: {final.status} {final.reason}")
         for user, device in (("bob", bob), ("dave", dave)):
-            device.register(proxy, f"sip:{user}@{DOMAIN}", expires=0)
+            device.register(proxy, f"sip:{user}@{DOMAIN}", expires=0, password=password_of(user))
     return 0
 
 

@@ -374,6 +374,19 @@ def test_third_party_register_gives_routing_the_devices_tags(digest: Network) ->
     _message_unregistered(digest, aor)
 
 
+def test_third_party_register_of_a_device_named_in_latin_1(digest: Network) -> None:
+    """A body that is not UTF-8 (a display name in Latin-1) still binds the device's tags."""
+    jose = subscriber(digest, "cpm")
+    aor = jose.registration_aor
+    with Peer(SCSCF) as scscf, Peer(DEVICE) as ue:
+        contact = f'"Jos\xe9" <sip:jose@{ue.host}:{ue.port}>;+g.oma.sip-im'
+        body = _ue_register(aor, "CONTACT").replace(b"CONTACT", contact.encode("latin-1"))
+        assert _third_party(scscf, digest, aor, 600, body, "message/sip").status == 200
+        assert [c.families for c in _contacts(digest, aor)] == [frozenset({Family.IM})]
+        _message_reaches(digest, aor, ue)
+        _third_party(scscf, digest, aor, 0, b"", "message/sip")
+
+
 def test_third_party_multipart_with_the_200_and_a_path(digest: Network) -> None:
     """REGISTER and 200 in a multipart/mixed; the device is reached through its P-CSCF."""
     mia = subscriber(digest, "cpm")

@@ -130,7 +130,7 @@ _METRICS = {
         "counter",
         "Initial requests kamailio.cfg routed as the plugin did one of the same shape before.",
     ),
-    "cpmiw_registrations": _Family(
+    "cpmiw_registrations": _Spec(
         "counter",
         "REGISTER requests by how the plugin admitted them, or answered them itself.",
         ("outcome",),

@@ -22,11 +22,11 @@ from pathlib import Path
 import click
 
 from ..core import credential as model
+from ..core import profile as profile_model
 from ..core.credential import Credential, CredentialError
 from ..core.identity import canonical
-from ..core.profile import Profile
+from ..core.profile import ProfileError
 from ..store.credentials import CredentialStore
-from ..store.profiles import ALIAS
 from .options import (
     EXIT_INVALID,
     EXIT_NOT_FOUND,
@@ -169,7 +169,7 @@ def credential_get(cli: Context, uri: str) -> None:
 @pass_context
 def credential_list(cli: Context, match: str) -> None:
     """Identities that have a credential (alias: ls)."""
-    identities = list(_store(cli).identities(match))
+    identities = _store(cli).identities(match)
     cli.emit(identities, lambda: iter(identities))
 
 
@@ -196,23 +196,22 @@ def _read(path: str) -> list[tuple[Credential, str]]:
 
 def _check_subscribers(cli: Context, records: Sequence[tuple[Credential, str]]) -> None:
     """Each credential must be of a stored subscriber's registration identity."""
-    client = cli.provisioning.client
-    chunk = 10_000
-    for start in range(0, len(records), chunk):
-        part = records[start : start + chunk]
-        owners = client.mget([ALIAS + made.identity for made, _ in part])
-        subscribers = [owner.decode() if isinstance(owner, bytes) else "" for owner in owners]
-        profiles = cli.provisioning.stored(subscribers)
-        for (made, where), found in zip(part, profiles, strict=True):
-            if not isinstance(found, Profile):
-                message = f"{where}: no subscriber has the identity {made.identity}"
-                raise CliError(message, EXIT_NOT_FOUND)
-            if canonical(found.registration_aor) != made.identity:
-                raise CliError(
-                    f"{where}: {made.identity} is not the registration identity of its"
-                    f" subscriber ({canonical(found.registration_aor)})",
-                    EXIT_INVALID,
-                )
+    copies = cli.provisioning.store.copies([made.identity for made, _ in records])
+    for (made, where), raw in zip(records, copies, strict=True):
+        if raw is None:
+            message = f"{where}: no subscriber has the identity {made.identity}"
+            raise CliError(message, EXIT_NOT_FOUND)
+        try:
+            registration = canonical(profile_model.decode(raw).registration_aor)
+        except ProfileError as error:
+            message = f"{where}: the stored profile of {made.identity} is invalid: {error}"
+            raise CliError(message, EXIT_INVALID) from None
+        if registration != made.identity:
+            message = (
+                f"{where}: {made.identity} is not the registration identity of its"
+                f" subscriber ({registration})"
+            )
+            raise CliError(message, EXIT_INVALID)
 
 
 @credential.command("import")

@@ -26,12 +26,13 @@ from ..core import devices, thirdparty
 from ..core.classify import registered_contacts
 from ..core.credential import CredentialError, realm_of
 from ..core.identity import IdentityError, canonical
+from ..core.message import encode
 from ..core.registration import Register, Step, admit
 from ..core.services import DEVICE_TABLE, Family, families_of_text, families_text
 from ..settings import Settings
 from ..store.credentials import CredentialReader
 from ..store.redis import StoreError
-from .ksr import all_lines, pv
+from .ksr import all_lines, append_header, exact, pv
 
 DEFAULT_EXPIRES = 3600  # s: a third-party REGISTER without Expires (the registrar's default)
 # What a device registered it takes (htable `caps`), as families; a handful of distinct texts.
@@ -220,18 +221,16 @@ class Admission:
         expires_header = pv("$hdr(Expires)").strip()
         expires = int(expires_header) if expires_header.isdigit() else DEFAULT_EXPIRES
         try:
-            found = thirdparty.devices(
-                pv("$hdr(Content-Type)"), pv("$rb").encode("utf-8", "surrogateescape"), expires
-            )
+            found = thirdparty.devices(pv("$hdr(Content-Type)"), encode(exact("$rb")), expires)
         except thirdparty.ThirdPartyError as error:
             reason = "Bad Request (third-party REGISTER)"
             self._refuse(400, reason, "bad-request", f"{aor}: {error}")
             return False
         KSR.hdr.remove("Contact")
-        KSR.hdr.append(f"Contact: {found.contact}\r\n")
+        append_header("Contact", found.contact)  # the device's bytes, whatever they are
         if found.path:
             KSR.hdr.remove("Path")
-            KSR.hdr.append(f"Path: {found.path}\r\n")
+            append_header("Path", found.path)
         if found.contact == "*" and not expires_header:
             KSR.hdr.append("Expires: 0\r\n")
         KSR.textopsx.msg_apply_changes()

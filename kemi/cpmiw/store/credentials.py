@@ -1,6 +1,6 @@
 """Subscribers' digest credentials in Redis, beside their profiles.
 
-    cpmiw:1:credential:<identity>   JSON credential (core/credential.py); <identity> = the
+    cpmiw:2:credential:<identity>   JSON credential (core/credential.py); <identity> = the
                                     canonical SIP identity that registers (a profile's first)
 
 The tool writes them (`cpmiw credential`); the proxy reads one per authenticated REGISTER, on a
@@ -8,31 +8,36 @@ worker's own connection, within the worker's Redis time budget: a Redis that fai
 costs a REGISTER at most CPMIW_REDIS_TIMEOUT_MS, then opens the worker's breaker (shared with
 the profile look-ups) so that the next ones are answered 503 at once. No cache: a REGISTER is
 rare beside a MESSAGE, and a rotated or removed credential must count at the next REGISTER.
+
+One key per credential: on Redis Cluster each goes to the shard of its identity. Several are
+written in one MULTI/EXEC on one server (or Sentinel's master); on Cluster each by itself.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from .. import metrics
 from ..core import credential as model
 from ..core.credential import Credential, CredentialError
 from .cache import Breaker
-from .profiles import PREFIX
-from .redis import Connection, StoreError, text
+from .profiles import CHUNK, PREFIX
+from .redis import FAILURES, Client, Connections, StoreError, is_cluster, text
 
 CREDENTIAL = PREFIX + "credential:"
-SCAN_COUNT = 1000
 
 
 class CredentialStore:
-    """Credentials for the tool: read, write in one transaction, remove, list."""
+    """Credentials for the tool: read, write, remove, list."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
+        self._cluster = is_cluster(client)
 
     def get(self, identity: str) -> Credential | None:
         """The credential of the canonical `identity`, or None; CredentialError if invalid."""
@@ -40,37 +45,43 @@ class CredentialStore:
             raw = self._client.get(CREDENTIAL + identity)
         except redis.ResponseError as error:
             raise CredentialError(f"stored credential is not a string: {error}") from None
-        except redis.RedisError as error:
+        except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
         return None if raw is None else _checked(identity, raw)
 
     def put(self, credentials: Iterable[Credential]) -> None:
-        """Stores credentials in one MULTI/EXEC: all of them or none."""
+        """Stores credentials, replacing those of the same identities."""
         records = {CREDENTIAL + c.identity: model.encode(c) for c in credentials}
-        if records:
-            with self._client.pipeline(transaction=True) as tx:
-                tx.mset(records)
-                tx.execute()
+        if not records:
+            return
+        with self._client.pipeline(transaction=not self._cluster) as batch:
+            for key, value in records.items():
+                batch.set(key, value)
+            batch.execute()
 
     def remove(self, identity: str) -> bool:
         """Removes the credential of `identity`; False when it had none."""
         return bool(self._client.delete(CREDENTIAL + identity))
 
-    def identities(self, match: str = "*") -> Iterator[str]:
+    def identities(self, match: str = "*") -> list[str]:
         """The identities that have a credential, matching a Redis glob, sorted."""
-        keys = self._client.scan_iter(match=CREDENTIAL + match, count=SCAN_COUNT)
-        return iter(sorted(text(key)[len(CREDENTIAL) :] for key in keys))
+        keys = self._client.scan_iter(match=CREDENTIAL + match, count=CHUNK)
+        return sorted(text(key)[len(CREDENTIAL) :] for key in keys)
 
     def all(self, match: str = "*") -> Iterator[Credential]:
         """Every stored credential matching the glob, in identity order; CredentialError."""
-        identities = list(self.identities(match))
-        for start in range(0, len(identities), SCAN_COUNT):
-            chunk = identities[start : start + SCAN_COUNT]
-            for identity, raw in zip(
-                chunk, self._client.mget([CREDENTIAL + i for i in chunk]), strict=True
-            ):
+        identities = self.identities(match)
+        for start in range(0, len(identities), CHUNK):
+            chunk = identities[start : start + CHUNK]
+            for identity, raw in zip(chunk, self._mget(chunk), strict=True):
                 if raw is not None:  # removed meanwhile
                     yield _checked(identity, raw)
+
+    def _mget(self, identities: list[str]) -> list[bytes | str | None]:
+        keys = [CREDENTIAL + identity for identity in identities]
+        if self._cluster:  # MGET cannot span shards: redis-py splits it by slot
+            return list(cast(RedisCluster, self._client).mget_nonatomic(keys))
+        return list(cast(redis.Redis, self._client).mget(keys))
 
 
 def _checked(identity: str, raw: bytes | str) -> Credential:
@@ -84,19 +95,19 @@ class CredentialReader:
     """A worker's credential look-ups: one round trip each on its own connection, guarded by
     the worker's breaker (after a failure, no Redis call for the breaker's backoff)."""
 
-    def __init__(self, client: redis.Redis, breaker: Breaker) -> None:
-        self._connection = Connection(client)
+    def __init__(self, client: Client, breaker: Breaker) -> None:
+        self._connections = Connections(client)
         self._breaker = breaker
 
     def get(self, identity: str) -> Credential | None:
         """As CredentialStore.get; StoreError when Redis fails or the breaker is open."""
         if self._breaker.open:
             raise StoreError("redis unavailable (circuit open after a failure)")
+        key = CREDENTIAL + identity
         started = time.perf_counter()
         failed = False
         try:
-            self._connection.send(self._connection.pack("GET", CREDENTIAL + identity))
-            raw = self._connection.read()
+            raw = self._connections.execute(key, "GET", key)
         except StoreError:
             failed = True
             self._breaker.failed()

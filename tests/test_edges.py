@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Network
+from conftest import Network, RedisServer, make_network
 from cpmiw.core.message import SipMessage
 from cpmiw.testing.sipnet import Peer, host_port_of
 from sipflows import deliver_and_answer, device, subscriber
@@ -108,3 +116,85 @@ def test_a_reply_on_the_metrics_listener_is_dropped(net: Network) -> None:
         caller.expect_nothing(0.3)
         ue.reply(at_device, 200, "OK")
         assert caller.recv_response().status == 200
+
+
+def refused(net: Network) -> dict[str, float]:
+    """cpmiw_refused_total by reason, scraped."""
+    with urllib.request.urlopen(net.kamailio.metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "cpmiw_refused_total"
+    }
+
+
+def _sized(caller: Peer, ruri: str, size: int) -> SipMessage:
+    """A MESSAGE of exactly `size` bytes (its Content-Length's digits included)."""
+    request = caller.request("MESSAGE", ruri, headers=[("Content-Type", "text/plain")])
+    length = size - len(request.to_bytes())
+    while (missing := size - len(replace(request, body=b"x" * length).to_bytes())) != 0:
+        length += missing
+    return replace(request, body=b"x" * length)
+
+
+def test_tcp_requests_up_to_64_kb_are_routed_larger_ones_answered_513(net: Network) -> None:
+    bob = subscriber(net, "cpm")
+    before = refused(net)
+    with Peer(transport="tcp") as caller, device(net, bob, transport="tcp") as ue:
+        largest = _sized(caller, bob.registration_aor, 65536)
+        received = deliver_and_answer(caller, ue, largest, net)
+        assert received.body == largest.body
+        for size in (65537, 120_000):
+            answer = caller.ask(_sized(caller, bob.registration_aor, size), net.kamailio.address)
+            assert (answer.status, answer.reason) == (513, "Message Too Large")
+        ue.expect_nothing(0.2)
+        # The connection still carries the next request.
+        assert deliver_and_answer(caller, ue, _sized(caller, bob.registration_aor, 2000), net)
+    assert refused(net)["too-large"] - before["too-large"] == 2
+    assert "request of 65537 bytes from 127.0.0.1" in net.kamailio.wait_for_log("65537 bytes")
+
+
+@pytest.fixture(scope="module")
+def small(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
+    """A proxy with 32 MB of shared memory, half of it its reserve (proxy/memory.py): a few
+    hundred MESSAGE transactions fill it."""
+    yield from make_network(redis_server, log_dir, {"CPMIW_SHM_MB": "32"})
+
+
+def _answering(ue: Peer, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            request = ue.recv_request("MESSAGE", timeout=0.1)
+        except TimeoutError:
+            continue
+        ue.reply(request, 200, "OK")
+
+
+def test_full_shared_memory_is_answered_503_never_500(small: Network) -> None:
+    bob = subscriber(small, "cpm")
+    stop = threading.Event()
+    with Peer() as caller, device(small, bob) as ue:
+        answering = threading.Thread(target=_answering, args=(ue, stop))
+        answering.start()
+        try:
+            answers = []
+            for _ in range(15):  # within tm's 5 s wait timer: every transaction still held
+                for _ in range(100):
+                    request = caller.request("MESSAGE", bob.registration_aor, body=b"hi")
+                    caller.send(request, small.kamailio.address)
+                answers += [caller.recv_response() for _ in range(100)]
+            time.sleep(5.5)  # the held transactions expire: memory is back
+            again = caller.ask(
+                caller.request("MESSAGE", bob.registration_aor), small.kamailio.address
+            )
+        finally:
+            stop.set()
+            answering.join()
+    statuses = Counter(answer.status for answer in answers)
+    assert set(statuses) == {200, 503} and statuses[503] > 100, statuses
+    assert {a.header("Retry-After") for a in answers if a.status == 503} == {"5"}
+    assert again.status == 200
+    assert refused(small)["shared-memory-full"] == statuses[503]
+    assert "cpmiw: shared memory full: new requests answered 503" in small.kamailio.log()

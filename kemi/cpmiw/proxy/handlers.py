@@ -23,6 +23,7 @@ from .delivery import Deliverer
 from .handoff import HandOff
 from .initial import InitialRouting
 from .memo import Memo
+from .memory import MemoryWatcher
 from .registrations import RegisteredDevices
 
 
@@ -35,6 +36,7 @@ class Handlers:
         self._handoff: HandOff | None = None
         self._watcher: ChangeWatcher | None = None
         self._admission: registrations.Admission | None = None
+        self._memory = MemoryWatcher()  # used by the memory watcher's process only
 
     def child_init(self, _rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
@@ -94,6 +96,11 @@ class Handlers:
         """route[WATCH_CHANGES], called by rtimer: the change watcher."""
         assert self._watcher is not None, "child_init made it"
         self._watcher.watch()
+        return 1
+
+    def watch_memory(self, _msg: object) -> int:
+        """route[WATCH_MEMORY], called by rtimer every 10 ms: the shared memory watcher."""
+        self._memory.watch()
         return 1
 
     def serve_http(self, _msg: object) -> int:

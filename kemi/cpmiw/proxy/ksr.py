@@ -7,6 +7,10 @@ import KSR  # provided by app_python3 inside Kamailio
 from ..core.decision import Decision
 from ..core.message import decode, encode, escape_bytes, is_plain
 
+# Kamailio's error code when it cannot allocate memory (E_OUT_OF_MEM, core/error.h); then
+# kamailio.cfg's route answers 503 and counts it instead of Kamailio's 500.
+OUT_OF_MEMORY = -2
+SHARED_MEMORY_FULL = "SHARED_MEMORY_FULL"
 # kamailio.cfg's route that appends the header line held, in hex, in RAW_HEADER.
 RAW_HEADER = "$var(cpmiw_header)"
 APPEND_RAW_HEADER = "APPEND_RAW_HEADER"
@@ -57,5 +61,9 @@ def reply(decision: Decision) -> None:
 
 
 def relay() -> None:
-    if KSR.tm.t_relay() < 0:
+    """Relays statefully; a failure is answered (503 when shared memory is full)."""
+    code = KSR.tm.t_relay()
+    if code == OUT_OF_MEMORY:
+        KSR.route(SHARED_MEMORY_FULL)
+    elif code < 0:
         KSR.sl.sl_reply_error()

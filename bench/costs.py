@@ -1,76 +1,108 @@
-"""`bench/run costs`: where a MESSAGE's Kamailio CPU goes, stage by stage of the plugin's route.
+"""`bench/run costs`: Kamailio CPU per request, the product against fair native baselines.
 
-The throughput run's set-up on a smaller population (`--profiles`, default 1,000: every cache
-warm), pager MESSAGEs at one fixed `--rate` for `--seconds`, through:
+Every configuration runs Kamailio as the product does (TLSF, 4 MB receive buffer, locked memory,
+2 UDP workers, the bench's shared memory) and does the same SIP work: the recipients' devices
+registered, each request relayed statefully to the registrar's contact.
 
-    native relay    bench/native-relay.cfg tuned as the product (TLSF, receive buffer, mlock)
-    python relay    the product's kamailio.cfg, a Python route that only relays (stages.py)
-    + read request  the same after reading the request's facts as the plugin does
-    product         the plugin as shipped
+    a'  native relay      bench/native-relay.cfg: lookup("location"), t_relay(); no profile
+    b'  native ndb_redis  bench/native-redis.cfg: one ndb_redis GET, subst_hf, lookup, t_relay()
+    c   cpmiw             the product as shipped (metrics, registration-aware routing, change
+                          watching, the decision log at its default)
 
-Kamailio CPU per MESSAGE is the CPU of every Kamailio process over the run, per completed call.
-Printed as Markdown.
+`--stages` adds the product's route stopped early (bench/stages.py): a Python route that only
+relays, and the same after reading the request as the plugin does.
+
+All configurations are started and warmed up first (every distinct recipient three times), then
+measured in `--rounds` interleaved rounds at one fixed `--rate` for `--seconds` each, so that the
+machine's drift hits them alike. Kamailio CPU per request: the CPU of every Kamailio process over
+a run, per completed call (`/proc/<pid>/schedstat`). Printed as Markdown with the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import redis
 
 from bench import population
-from bench.lab import BENCH, UAS_HOST, Lab, start_native, start_product, uas, warm_up
+from bench.lab import BENCH, UAS_HOST, Kamailio, Lab, start_native, start_product, uas, warm_up
 from bench.throughput import SCENARIOS, measured_run
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
 from cpmiw.testing import free_port
 
-STAGES = {"python relay": "relay", "+ read request": "read", "product": "product"}
+BASELINES = {"a' native relay": "native-relay.cfg", "b' native ndb_redis": "native-redis.cfg"}
+PRODUCT = "c  cpmiw"
+STAGES = {"python relay": "relay", "+ read request": "read"}
+
+
+def _start(lab: Lab, name: str, redis_url: str, redis_port: int) -> Kamailio:
+    if name in BASELINES:
+        return start_native(lab, BASELINES[name], redis_port, tuned=True)
+    if name in STAGES:
+        script = str(BENCH / "stages.py")
+        return start_product(lab, redis_url, CPMIW_KEMI_SCRIPT=script, BENCH_STAGE=STAGES[name])
+    return start_product(lab, redis_url)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/run costs", description=__doc__.split("\n")[0])
-    parser.add_argument("--profiles", type=int, default=1000)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="message")
+    parser.add_argument("--profiles", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stages", action="store_true", help="add the product's early stops")
     options = parser.parse_args(argv)
-    scenario = SCENARIOS["message"]
-    rows = []
+    scenario = SCENARIOS[options.scenario]
+    names = [*BASELINES, *(STAGES if options.stages else ()), PRODUCT]
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    success: dict[str, list[float]] = {name: [] for name in names}
     with Lab() as lab:
         server = lab.redis()
         store = ProfileStore(connect(server.url, 10.0))
         population.load(store, redis.Redis(port=server.port), range(options.profiles))
         draws = population.zipf_recipients(options.profiles, 300_000, 1.0)
         recipients = population.injection_file(lab.dir / "zipf.csv", draws)
-        configurations = [("native relay", ""), *STAGES.items()]
-        for name, stage in configurations:
+        started = {}
+        for name in names:
             device = (UAS_HOST, free_port(UAS_HOST))
-            if stage:
-                kamailio = start_product(
-                    lab, server.url, CPMIW_KEMI_SCRIPT=str(BENCH / "stages.py"), BENCH_STAGE=stage
-                )
-                population.register(kamailio.address, range(options.profiles), device)
-            else:
-                kamailio = start_native(lab, "native-relay.cfg", device, server.port, tuned=True)
+            kamailio = _start(lab, name, server.url, server.port)
+            population.register(kamailio.address, range(options.profiles), device)
+            warming, _ = uas(lab, SCENARIOS["message"].uas, *device)
+            warm_up(lab, kamailio.address, draws, SCENARIOS["message"].uac)
+            warming.stop()
             device_process, _ = uas(lab, scenario.uas, *device)
-            warm_up(lab, kamailio.address, draws, scenario.uac)
-            run = measured_run(
-                lab, kamailio, scenario, recipients, options.rate, options.seconds, (2.5, 3.5)
-            )
-            rows.append((name, run.cpu_us_per_call, run.success))
-            print(f"  {name}: {run.cpu_us_per_call} µs", flush=True)
+            started[name] = kamailio, device_process
+            print(f"  {name}: started, {options.profiles:,} devices registered, warm", flush=True)
+        for round_ in range(1, options.rounds + 1):
+            for name in names:
+                kamailio, _ = started[name]
+                run = measured_run(
+                    lab, kamailio, scenario, recipients, options.rate, options.seconds, (2.5, 3.5)
+                )
+                cpu[name].append(run.cpu_us_per_call)
+                success[name].append(run.success)
+                print(f"  round {round_} {name}: {run.cpu_us_per_call:.0f} µs", flush=True)
+        for kamailio, device_process in started.values():
             device_process.stop()
             kamailio.process.stop()
+    median = {name: statistics.median(values) for name, values in cpu.items()}
     print(
-        f"\n{options.rate} MESSAGE/s for {options.seconds:.0f} s, {options.profiles:,} profiles\n"
+        f"\n{options.scenario}, {options.rate}/s for {options.seconds:.0f} s, {options.rounds}"
+        f" interleaved rounds, {options.profiles:,} profiles and registered devices\n"
     )
-    print("| configuration | Kamailio CPU per MESSAGE | more than the line above | completed |")
-    print("|---|---|---|---|")
-    previous = None
-    for name, cpu, success in rows:
-        more = "" if previous is None else f"{cpu - previous:+.0f} µs"
-        print(f"| {name} | {cpu:.0f} µs | {more} | {success:.2%} |")
-        previous = cpu
+    print("| configuration | Kamailio CPU per call, median (rounds) | completed, worst round |")
+    print("|---|---|---|")
+    for name in names:
+        rounds = ", ".join(f"{value:.0f}" for value in cpu[name])
+        print(f"| {name} | {median[name]:.0f} µs ({rounds}) | {min(success[name]):.2%} |")
+    relay, ndb = (median[name] for name in BASELINES)
+    print(
+        f"\nc / a' = {median[PRODUCT] / relay:.2f} (target <= 1.25),"
+        f" c / b' = {median[PRODUCT] / ndb:.2f} (target <= 0.7)"
+    )
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def _started(lab: Lab, name: str, port: int, process: Process, metrics: int = 0)
             raise RuntimeError(f"{name} exited:\n{process.log.read_text()[-3000:]}")
         return _probe(("127.0.0.1", port))
 
-    wait_until(ready, name)
+    wait_until(ready, name, timeout=60.0)  # locking 2 GB of shared memory takes a while
     return Kamailio(name, port, process, metrics)
 
 
@@ -230,9 +230,7 @@ def start_product(lab: Lab, redis_url: str, **env: str) -> Kamailio:
     return _started(lab, "product", port, process, metrics)
 
 
-def start_native(
-    lab: Lab, cfg: str, uas: tuple[str, int], redis_port: int = 0, *, tuned: bool = False
-) -> Kamailio:
+def start_native(lab: Lab, cfg: str, redis_port: int = 0, *, tuned: bool = False) -> Kamailio:
     """Kamailio with one of bench/native-*.cfg.
 
     `tuned`: as the product's launcher and kamailio.cfg run Kamailio (TLSF allocator, 4 MB UDP
@@ -244,7 +242,6 @@ def start_native(
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "BENCH_SIP_PORT": str(port),
         "BENCH_WORKERS": str(WORKERS),
-        "BENCH_UAS": f"sip:{uas[0]}:{uas[1]}",
         "BENCH_REDIS_SERVER": f"name=profiles;addr=127.0.0.1;port={redis_port}",
     }
     args = ["kamailio", "-f", str(BENCH / cfg), "-DD", "-E", "-m", str(SHM_MB), "-M", "16"]

@@ -2,7 +2,7 @@
 
 Configurations, each with 2 UDP workers, sipp as caller and as the recipients' devices:
 
-    a  native-relay.cfg: t_relay() to the devices, no look-up (the ceiling)
+    a  native-relay.cfg: the registrar's contact and t_relay(), no profile (the ceiling)
     b  native-redis.cfg: one ndb_redis GET per request, subst_hf rewrite, registrar, t_relay()
     c  the product: kamailio.cfg + plugin, the profiles in Redis through ProfileStore
 
@@ -217,7 +217,7 @@ def start(lab: Lab, config: str, redis_port: int, device: tuple[str, int]) -> Ka
     if config == "product":
         return start_product(lab, f"redis://127.0.0.1:{redis_port}/0")
     cfg = f"{config.removesuffix(TUNED)}.cfg"
-    return start_native(lab, cfg, device, redis_port, tuned=config.endswith(TUNED))
+    return start_native(lab, cfg, redis_port, tuned=config.endswith(TUNED))
 
 
 def started_warm(
@@ -225,10 +225,9 @@ def started_warm(
 ) -> Kamailio:
     """`config` started, its subscribers' devices registered, every recipient met (warm-up)."""
     kamailio = start(lab, config, redis_port, device)
-    if not config.startswith("native-relay"):
-        started = time.monotonic()
-        registered = population.register(kamailio.address, range(profiles), device)
-        print(f"  {registered} devices registered in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    registered = population.register(kamailio.address, range(profiles), device)
+    print(f"  {registered} devices registered in {time.monotonic() - started:.1f} s")
     # Steady state: every worker has met the recipients (the product's caches are warm), as
     # after the first minutes of a proxy in service. Same traffic for every configuration.
     started = time.monotonic()

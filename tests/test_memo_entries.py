@@ -19,13 +19,16 @@ def test_labels_are_the_metrics_labels_and_split_back() -> None:
 
 def test_an_outcome_codes_each_header_kept_replaced_or_removed() -> None:
     edits = {"Accept-Contact": "*;+g.oma.sip-im", "P-Preferred-Service": None}
-    assert memo.outcome("L", edits) == "L|1020|*;+g.oma.sip-im|||"
-    assert memo.outcome("L", {}) == "L|0000||||"
+    text = memo.outcome("L", edits, "sip:bob@IMS.example.net", "0:im")
+    assert text == "L|1020|*;+g.oma.sip-im||||bob@ims.example.net|sip:bob@IMS.example.net|0:im"
+    assert (
+        memo.outcome("L", {}, "sip:bob@h", "1:cpm 2:im") == "L|0000|||||bob@h|sip:bob@h|1:cpm 2:im"
+    )
 
 
 def test_values_that_cannot_be_carried_give_no_outcome() -> None:
-    assert memo.outcome("L", {"Contact": "<sip:a@b>;x=a|b"}) is None
-    assert memo.outcome("L", {"Contact": "<sip:a@b>\r\n x"}) is None
+    assert memo.outcome("L", {"Contact": "<sip:a@b>;x=a|b"}, "sip:bob@h", "0:im") is None
+    assert memo.outcome("L", {"Contact": "<sip:a@b>\r\n x"}, "sip:bob@h", "0:im") is None
 
 
 def test_an_entry_lives_no_longer_than_the_next_contact_expiry() -> None:

@@ -3,23 +3,25 @@
 A plain delivery (deliver, or rewrite the feature tag and deliver, to a subscriber's registered
 devices) comes out the same for every request of the same shape to the same subscriber, as long
 as the profiles and the subscriber's registrations stay as they were. So the proxy remembers it
-in shared memory (htable `memo`), and kamailio.cfg's route[MEMO] replays it natively: two hash
-look-ups instead of the plugin's Python, which costs more than all of Kamailio's own work on a
-MESSAGE (bench/README.md). Two entries, fields separated by `|`:
+in shared memory (htable `memo`), and kamailio.cfg's route[MEMO] replays it natively: one hash
+look-up and a comparison instead of the plugin's Python, which costs more than all of Kamailio's
+own work on a MESSAGE (bench/README.md). One entry per request shape, fields separated by `|`:
 
-    A<stamp>|<Request-URI>             -> <usrloc key>|<AOR>
-    O<stamp>|<shape>|<devices summary> -> <labels>|<edits>|<Accept-Contact>|<Contact>|
-                                          <P-Preferred-Service>|<P-Asserted-Service>
+    <stamp>|<shape> -> <labels>|<edits>|<Accept-Contact>|<Contact>|<P-Preferred-Service>|
+                       <P-Asserted-Service>|<usrloc key>|<AOR>|<devices summary>
 
 - <stamp>: the change stamp the change watcher publishes: a profile written anywhere gives new
   keys, so nothing remembered from before the write is found again.
 - <shape>: every value of the request routing reads (`SHAPE` in proxy/memo.py, the very text
-  kamailio.cfg builds), the sender's address included: trust and "from an AS" depend on it.
-- <devices summary>: the AOR's summary (core/devices.py) the decision was made with: a REGISTER
-  changes it, and an entry lives no longer than the next contact expiry it holds.
+  kamailio.cfg builds), the Request-URI and the sender's address included: trust and "from an
+  AS" depend on it.
 - <labels>: method/service/action/rule, the metrics' labels and the decision log's fields.
 - <edits>: one character per header of `rewrite.EDITED`: `0` kept, `1` replaced by the value
   that follows, `2` removed.
+- <usrloc key>, <AOR>: whose devices the request goes to; <devices summary>: the AOR's summary
+  (core/devices.py) the decision was made with. kamailio.cfg replays the entry only while the
+  AOR's summary is still that one: a REGISTER changes it. An entry lives no longer than the next
+  contact expiry of its summary.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .decision import Decision
+from .devices import usrloc_key
 from .rewrite import EDITED
 from .services import Service
 
@@ -48,11 +51,13 @@ def split_labels(text: str) -> tuple[str, str, str, str] | None:
     return method, service, action, rule
 
 
-def outcome(labels_text: str, edits: Mapping[str, str | None]) -> str | None:
+def outcome(
+    labels_text: str, edits: Mapping[str, str | None], aor: str, summary: str
+) -> str | None:
     """The text of an outcome entry; None when a value cannot be carried in one (a separator or
     a line break in it): that request shape is then always routed by the plugin."""
     codes = "".join("0" if h not in edits else "2" if edits[h] is None else "1" for h in EDITED)
-    values = [edits.get(header) or "" for header in EDITED]
+    values = [*(edits.get(header) or "" for header in EDITED), usrloc_key(aor), aor, summary]
     if any(SEPARATOR in v or "\r" in v or "\n" in v for v in values):
         return None
     return SEPARATOR.join((labels_text, codes, *values))

@@ -85,16 +85,12 @@ class Memo:
             request.headers, routing.service, decision.rewrite_to, drop_asserted=routing.untrusted
         )
         labels = memo.labels(request.method, routing.service, decision)
-        text = memo.outcome(labels, edits)
+        text = memo.outcome(labels, edits, aor, summary)
         if not ttl or text is None or not _free_enough():
             return
-        sep = memo.SEPARATOR
         if KSR.htable.sht_is_null(TALLY, labels) > 0:
             KSR.htable.sht_seti(TALLY, labels, 0)
-        KSR.htable.sht_setxs(
-            TABLE, f"A{stamp}{sep}{request.ruri}", f"{devices.usrloc_key(aor)}{sep}{aor}", ttl
-        )
-        KSR.htable.sht_setxs(TABLE, f"O{stamp}{sep}{shape}{sep}{summary}", text, ttl)
+        KSR.htable.sht_setxs(TABLE, f"{stamp}{memo.SEPARATOR}{shape}", text, ttl)
 
 
 def tallies() -> dict[str, int]:

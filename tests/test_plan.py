@@ -17,7 +17,7 @@ from cpmiw.testing import make_profile
 NOW = 1_800_000_000.0
 RULES = load_settings(
     {
-        "CPMIW_SECRET": "s3cret",
+        "CPMIW_SECRET": "s3cret-of-the-plan-tests",
         "CPMIW_IM_AS": "sip:127.0.0.3:5060",
         "CPMIW_IP_SM_GW": "sip:127.0.0.4:5060",
     }
@@ -58,7 +58,7 @@ def own_route(token: str) -> str:
     return f"<sip:127.0.0.1:5060;lr;{marker.PARAM}={token}>"
 
 
-VALID = marker.issue(RULES.secret, marker.binding("c1@h", "7", "MESSAGE"), NOW, 32)
+VALID = marker.issue(RULES.secrets[0], marker.binding("c1@h", "7", "MESSAGE"), NOW, 32, b"nonce-1!")
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,9 @@ def test_a_marker_honoured_once_is_a_replay_the_second_time() -> None:
 
 
 def test_marker_of_another_request_is_invalid() -> None:
-    other = marker.issue(RULES.secret, marker.binding("c2@h", "7", "MESSAGE"), NOW, 32)
+    other = marker.issue(
+        RULES.secrets[0], marker.binding("c2@h", "7", "MESSAGE"), NOW, 32, b"nonce-2!"
+    )
     routing = run(
         message(
             "sip:im@ims.example.net",

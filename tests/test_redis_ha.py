@@ -20,8 +20,9 @@ from conftest import RedisServer
 from cpmiw.core.conversation import Conversation
 from cpmiw.ops.cli import main
 from cpmiw.store.conversations import ConversationStore
+from cpmiw.store.markers import CLOCK_SKEW, HonouredMarkers
 from cpmiw.store.profiles import READY_KEYS, ProfileStore, Stamp, identity_key, ready_key
-from cpmiw.store.redis import StoreError, UrlError, connect, parse_url
+from cpmiw.store.redis import Connections, StoreError, UrlError, connect, parse_url
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.topology import Cluster, SentinelSet, redis_cluster, sentinel_set
 
@@ -256,7 +257,9 @@ def test_a_write_marks_the_store_ready_a_partial_one_does_not(redis_server: Redi
     assert client.exists(*READY_KEYS) == 0
     store.put([make_profile("hal", "+15559100002", "cpm")])
     assert client.exists(*READY_KEYS) == len(READY_KEYS)
-    client.flushdb()
+    client.delete(*READY_KEYS[1:100])  # buckets lost (a Cluster shard): a write leaves them
+    store.put([make_profile("ian", "+15559100003", "cpm")])
+    assert client.exists(*READY_KEYS) == len(READY_KEYS) - 99
     store.mark_ready()
     assert client.exists(*READY_KEYS) == len(READY_KEYS)
     client.flushdb()
@@ -269,3 +272,20 @@ def test_cluster_markers_are_on_every_shard(cluster: Cluster) -> None:
         for master in cluster.masters()
     ]
     assert sum(counts) == len(READY_KEYS) and min(counts) > len(READY_KEYS) / 5
+
+
+# ---- AS markers honoured -----------------------------------------------------------------------
+
+
+def test_a_marker_is_honoured_once_for_every_reader_of_the_record(
+    redis_server: RedisServer,
+) -> None:
+    """Two proxies' records (two clients) of one Redis: the second use anywhere is a replay."""
+    first = HonouredMarkers(Connections(connect(redis_server.url, 0.5)).execute, marker_ttl=2)
+    other = HonouredMarkers(Connections(connect(redis_server.url, 0.5)).execute, marker_ttl=2)
+    nonce = f"n{time.monotonic_ns()}"
+    assert first.first_use(nonce)
+    assert not other.first_use(nonce)
+    assert not first.first_use(nonce)
+    ttl = redis_server.client().ttl(f"cpmiw:2:marker:{nonce}")
+    assert 2 < ttl <= 2 + CLOCK_SKEW  # kept past the marker's own life, then forgotten

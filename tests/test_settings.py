@@ -19,10 +19,41 @@ def test_default_policy() -> None:
 
 
 def test_default_secret_is_random() -> None:
-    first, second = load_settings({}).rules.secret, load_settings({}).rules.secret
+    (first,), (second,) = load_settings({}).rules.secrets, load_settings({}).rules.secrets
     assert len(first) >= 32
     assert first != second
-    assert load_settings({"CPMIW_SECRET": ""}).rules.secret not in (b"", first, second)
+    assert load_settings({"CPMIW_SECRET": ""}).rules.secrets[0] not in (b"", first, second)
+
+
+def test_the_current_secret_issues_and_the_previous_is_accepted() -> None:
+    env = {"CPMIW_SECRET": "n" * 16, "CPMIW_SECRET_PREVIOUS": "p" * 16}
+    assert load_settings(env).rules.secrets == (b"n" * 16, b"p" * 16)
+
+
+def test_several_proxies_need_a_shared_secret() -> None:
+    peers = {"CPMIW_PEERS": "10.0.0.2:5090, 10.0.0.3:5090"}
+    with pytest.raises(SettingsError, match="CPMIW_SECRET is not set: set the same CPMIW_SECRET"):
+        load_settings(peers)
+    settings = load_settings({**peers, "CPMIW_SECRET": "s" * 32})
+    assert settings.peers == ("10.0.0.2:5090", "10.0.0.3:5090")
+    assert settings.rules.secrets == (b"s" * 32,)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CPMIW_SECRET": "short"},
+        {"CPMIW_SECRET": "s" * 16, "CPMIW_SECRET_PREVIOUS": "short"},
+        {"CPMIW_SECRET_PREVIOUS": "p" * 16},
+        {"CPMIW_PEERS": "peer.example.net:5090", "CPMIW_SECRET": "s" * 16},
+        {"CPMIW_PEERS": "10.0.0.2", "CPMIW_SECRET": "s" * 16},
+        {"CPMIW_PEERS": "10.0.0.2:0", "CPMIW_SECRET": "s" * 16},
+    ],
+)
+def test_bad_secrets_and_peers_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match=r"CPMIW_SECRET|CPMIW_PEERS") as error:
+        load_settings(env)
+    assert "s" * 16 not in str(error.value)  # a secret is never shown
 
 
 Read = Callable[[Settings], object]
@@ -48,7 +79,10 @@ VARIABLES: list[tuple[str, str, Read, object, object]] = [
      {"10.9.9.9", "as.example.net"}, {"127.0.0.3", "127.0.0.4"}),
     ("CPMIW_TRUSTED_ADDRESSES", "10.7.7.7,SBC.example.net", lambda s: s.rules.trusted_addresses,
      {"10.7.7.7", "sbc.example.net", "127.0.0.3", "127.0.0.4"}, {"127.0.0.3", "127.0.0.4"}),
-    ("CPMIW_SECRET", "s3cret", lambda s: s.rules.secret, b"s3cret", None),
+    ("CPMIW_SECRET", "s3cret-s3cret-s3cret", lambda s: s.rules.secrets[0], b"s3cret-s3cret-s3cret",
+     None),
+    ("CPMIW_ROUTE_HOST", "proxies.example.net", lambda s: s.route_host, "proxies.example.net",
+     "127.0.0.1:5060"),
     ("CPMIW_MARKER_TTL", "5", lambda s: s.marker_ttl, 5, 32),
     ("CPMIW_ON_PROFILE_ERROR", "deliver", lambda s: s.rules.deliver_on_profile_error, True, False),
     ("CPMIW_RETRY_AFTER", "120", lambda s: s.retry_after, 120, 30),

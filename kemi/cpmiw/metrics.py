@@ -111,6 +111,12 @@ _METRICS = {
         "Application server failures (408, 5xx, no answer), by the default handling applied.",
         ("handling",),
     ),
+    "cpmiw_as_markers": _Spec(
+        "counter",
+        "Valid AS markers: honoured, replayed (refused), or honoured-unshared (honoured on this"
+        " proxy's own record: the record every proxy shares, in Redis, could not be asked).",
+        ("result",),
+    ),
     "cpmiw_profile_lookups": _Spec(
         "counter",
         "Profile look-ups: hit (worker cache), miss (asked Redis) or error.",
@@ -274,6 +280,12 @@ def count_as_failure(handling: str) -> None:
     """An AS failed (408, 5xx, no answer); `handling` is continue or terminate."""
     if _directory is not None:
         _count(("cpmiw_as_default_handling", handling))
+
+
+def count_marker(result: str) -> None:
+    """A valid AS marker: honoured, replayed or honoured-unshared."""
+    if _directory is not None:
+        _count(("cpmiw_as_markers", result))
 
 
 def count_lookup(result: str) -> None:

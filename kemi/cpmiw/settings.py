@@ -54,6 +54,8 @@ class Settings:
     cache_max_age: float  # s after which a cached profile is fetched again
     memo_ttl: int  # s a plain delivery stays remembered for kamailio.cfg to replay (0: never)
     marker_ttl: int
+    peers: tuple[str, ...]  # the other proxies' DMQ listeners (host:port); empty: one proxy
+    route_host: str  # host[:port] of the route back from an AS (a name of every proxy)
     retry_after: int
     as_timeout: int  # ms an AS has to answer before its default handling applies
     conversation_ttl: int  # s the CPM conversation of an SMS interworking is remembered
@@ -112,6 +114,44 @@ def _registration(env: Mapping[str, str]) -> RegistrationPolicy:
     )
 
 
+SECRET_LENGTH = 16  # characters, at least, of a configured marker secret
+_PEER = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}:[0-9]{1,5}")
+
+
+def _peers(env: Mapping[str, str]) -> tuple[str, ...]:
+    """CPMIW_PEERS: the other proxies' DMQ listeners, `address:port` (IPv4: the DMQ port only
+    accepts peers by address, kamailio.cfg)."""
+    peers = tuple(item.strip() for item in env.get("CPMIW_PEERS", "").split(",") if item.strip())
+    for peer in peers:
+        if not _PEER.fullmatch(peer) or not 0 < int(peer.rpartition(":")[2]) < 65536:
+            raise SettingsError(
+                f"CPMIW_PEERS: {peer!r}: expected address:port, such as 10.0.0.2:5090"
+            )
+    return peers
+
+
+def _secrets(env: Mapping[str, str], peers: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The AS-marker secrets: the current one first (it issues), then CPMIW_SECRET_PREVIOUS
+    (still accepted while a rotation reaches every proxy). Without CPMIW_SECRET a single proxy
+    makes a random one at each start; several proxies must share theirs."""
+    current = env.get("CPMIW_SECRET", "")
+    previous = env.get("CPMIW_SECRET_PREVIOUS", "")
+    if not current:
+        if peers:
+            raise SettingsError(
+                "CPMIW_PEERS names other proxies but CPMIW_SECRET is not set: set the same"
+                " CPMIW_SECRET on every proxy, so that an AS marker one of them issues is"
+                " honoured by the others"
+            )
+        if previous:
+            raise SettingsError("CPMIW_SECRET_PREVIOUS is set without CPMIW_SECRET")
+        return (secrets.token_hex(32).encode(),)
+    for name, value in (("CPMIW_SECRET", current), ("CPMIW_SECRET_PREVIOUS", previous)):
+        if value and len(value) < SECRET_LENGTH:
+            raise SettingsError(f"{name}: at least {SECRET_LENGTH} characters expected")
+    return tuple(value.encode() for value in (current, previous) if value)
+
+
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     im_as = _sip_uri(env, "CPMIW_IM_AS", "sip:127.0.0.3:5060")
     ip_sm_gw = _sip_uri(env, "CPMIW_IP_SM_GW", "sip:127.0.0.4:5060")
@@ -122,17 +162,19 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
             _choice(env, "CPMIW_FT_TO_SMS", "reject", ("reject", "ip_sm_gw"))
         ),
     )
-    secret = env.get("CPMIW_SECRET") or secrets.token_hex(32)
+    peers = _peers(env)
     as_addresses = _list(env, "CPMIW_AS_ADDRESSES", f"{host_of(im_as)},{host_of(ip_sm_gw)}")
+    sip_addr = env.get("CPMIW_SIP_ADDR", "127.0.0.1")
+    sip_port = _int(env, "CPMIW_SIP_PORT", 5060, most=65535)
     return Settings(
-        sip_addr=env.get("CPMIW_SIP_ADDR", "127.0.0.1"),
-        sip_port=_int(env, "CPMIW_SIP_PORT", 5060, most=65535),
+        sip_addr=sip_addr,
+        sip_port=sip_port,
         rules=Rules(
             domains=_list(env, "CPMIW_DOMAINS", "ims.example.net"),
             policy=policy,
             as_addresses=as_addresses,
             trusted_addresses=as_addresses | _list(env, "CPMIW_TRUSTED_ADDRESSES", ""),
-            secret=secret.encode(),
+            secrets=_secrets(env, peers),
             deliver_on_profile_error=_choice(
                 env, "CPMIW_ON_PROFILE_ERROR", "reject", ("reject", "deliver")
             )
@@ -146,6 +188,8 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
         memo_ttl=_int(env, "CPMIW_MEMO_TTL", 300, most=86400),
         marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32, most=300),
+        peers=peers,
+        route_host=env.get("CPMIW_ROUTE_HOST") or f"{sip_addr}:{sip_port}",
         retry_after=_int(env, "CPMIW_RETRY_AFTER", 30),
         as_timeout=_int(env, "CPMIW_AS_TIMEOUT_MS", 2000),
         conversation_ttl=_int(env, "CPMIW_CONVERSATION_TTL", 86400),

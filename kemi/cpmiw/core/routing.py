@@ -51,7 +51,7 @@ class Rules:
     policy: Policy
     as_addresses: frozenset[str]  # may send requests back from an AS
     trusted_addresses: frozenset[str]  # may assert services (P-Asserted-Service)
-    secret: bytes  # HMAC key of the AS markers
+    secrets: tuple[bytes, ...]  # HMAC keys of the AS markers: the current one, then the previous
     deliver_on_profile_error: bool
     answer_options: bool  # answer OPTIONS for subscribers without CPM
 
@@ -260,7 +260,7 @@ def _returning_from_as(
     if request.source not in rules.as_addresses:
         return None, (f"AS marker from non-AS address {request.source} ignored",)
     bound_to = marker.binding(request.call_id, request.cseq, request.method)
-    if not marker.verify(rules.secret, token, bound_to, now):
+    if not marker.verify(rules.secrets, token, bound_to, now):
         return None, (f"invalid or expired AS marker from {request.source} ignored",)
     if not first_use(token):
         return None, (f"replayed AS marker from {request.source} ignored",)

@@ -14,8 +14,9 @@ from ..settings import Settings, load_settings
 from ..store.cache import CachedProfiles
 from ..store.conversations import ConversationStore
 from ..store.credentials import CredentialReader
+from ..store.markers import HonouredMarkers
 from ..store.profiles import ProfileStore
-from ..store.redis import connect, parse_url
+from ..store.redis import Connections, connect, parse_url
 from . import http, registrations, trusted
 from .changes import CHANGE_WAIT, ChangeWatcher
 from .conversations import Conversations
@@ -56,7 +57,8 @@ class Handlers:
             ConversationStore(client, settings.conversation_ttl), profiles
         )
         deliverer = Deliverer(settings, conversations)
-        self._handoff = HandOff(settings, deliverer, conversations)
+        honoured = HonouredMarkers(Connections(client).execute, settings.marker_ttl)
+        self._handoff = HandOff(settings, deliverer, conversations, honoured)
         registered = RegisteredDevices()
         memo = Memo(settings.memo_ttl, settings.rules.as_addresses, registered)
         self._initial = InitialRouting(

@@ -9,6 +9,7 @@ the transaction), `terminate` lets tm send the AS's failure to the caller.
 
 from __future__ import annotations
 
+import secrets
 import time
 import traceback
 
@@ -20,6 +21,8 @@ from ..core.decision import Action
 from ..core.routing import Plan, Request
 from ..core.services import Family
 from ..settings import Settings
+from ..store.markers import HonouredMarkers
+from ..store.redis import StoreError
 from .conversations import Conversations
 from .delivery import Deliverer, Delivery
 from .facts import read_request
@@ -27,15 +30,45 @@ from .ksr import pv, relay
 from .log import record
 
 FALLBACK = "$avp(cpmiw_fallback)"  # the plan's fallback, encoded (delivery.Delivery)
+# htable (kamailio.cfg) of the AS markers this proxy honoured, kept longer than a marker lives.
+MARKERS = "markers"
 
 
 class HandOff:
     def __init__(
-        self, settings: Settings, deliverer: Deliverer, conversations: Conversations
+        self,
+        settings: Settings,
+        deliverer: Deliverer,
+        conversations: Conversations,
+        honoured: HonouredMarkers,
     ) -> None:
         self._settings = settings
         self._deliverer = deliverer
         self._conversations = conversations
+        self._honoured = honoured
+
+    def first_use(self, token: str) -> bool:
+        """Whether a valid marker is honoured for the first time (routing.FirstUse).
+
+        This proxy's own record (htable, shared by its workers) answers a local replay for free;
+        then the record every proxy shares (Redis) is asked, so that a marker honoured by another
+        proxy, or by this one before a restart, is refused too. If Redis cannot be asked, the
+        marker is honoured on the local record alone (logged and counted): sending the request
+        to its AS once more would be worse than a replay window while Redis is out.
+        """
+        nonce = marker.nonce_of(token)
+        if KSR.htable.sht_get(MARKERS, nonce) is not None:
+            metrics.count_marker("replayed")
+            return False
+        KSR.htable.sht_seti(MARKERS, nonce, 1)
+        try:
+            first = self._honoured.first_use(nonce)
+        except StoreError as error:
+            KSR.warn(f"cpmiw: AS marker honoured on this proxy's record only: {error}\n")
+            metrics.count_marker("honoured-unshared")
+            return True
+        metrics.count_marker("honoured" if first else "replayed")
+        return first
 
     def send(self, routing: Plan, request: Request, as_uri: str) -> None:
         """Sends the request to the AS with a signed route back to this proxy."""
@@ -44,8 +77,14 @@ class HandOff:
         if sms and routing.service.family is Family.CPM and routing.profile is not None:
             self._conversations.remember(routing.profile.subscriber)
         bound_to = marker.binding(request.call_id, request.cseq, request.method)
-        token = marker.issue(settings.rules.secret, bound_to, time.time(), settings.marker_ttl)
-        own = f"sip:{settings.sip_addr}:{settings.sip_port};lr;{marker.PARAM}={token}"
+        token = marker.issue(
+            settings.rules.secrets[0],
+            bound_to,
+            time.time(),
+            settings.marker_ttl,
+            secrets.token_bytes(marker.NONCE_BYTES),
+        )
+        own = f"sip:{settings.route_host};lr;{marker.PARAM}={token}"
         first = as_uri if ";lr" in as_uri.lower() else f"{as_uri};lr"
         handling = routing.profile.as_failure.value if routing.profile else "continue"
         KSR.pv.sets("$avp(cpmiw_route)", f"<{first}>, <{own}>")

@@ -23,17 +23,6 @@ from .log import record
 from .memo import Memo
 from .registrations import RegisteredDevices
 
-# htable (kamailio.cfg) of the AS markers already honoured, kept longer than a marker lives.
-MARKERS = "markers"
-
-
-def _first_use(token: str) -> bool:
-    """Whether a marker is seen for the first time (htable `markers`, shared by workers)."""
-    if KSR.htable.sht_get(MARKERS, token) is not None:
-        return False
-    KSR.htable.sht_seti(MARKERS, token, 1)
-    return True
-
 
 class InitialRouting:
     def __init__(
@@ -65,7 +54,7 @@ class InitialRouting:
                 self._profiles.lookup,
                 self._registered,
                 time.time(),
-                _first_use,
+                self._handoff.first_use,
             )
             decision = self._apply(routing, request)
             record(self._settings, request, routing.service, decision, routing.warnings, started)

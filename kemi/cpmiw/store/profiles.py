@@ -4,7 +4,7 @@ Key layout (format 2, see README):
 
     cpmiw:2:{<bucket>}:id:<identity>   the subscriber's whole profile (JSON), one copy under
                                        each of its canonical identities (its own included)
-    cpmiw:2:{<bucket>}:ready           set when the store was written complete (any write)
+    cpmiw:2:{<bucket>}:ready           set when the store was written complete
     cpmiw:2:{changes}                  stream of changes, one entry per write: the identities
     cpmiw:2:{changes}:epoch            random token set by the first write into an empty store
 
@@ -167,8 +167,10 @@ class ProfileStore:
     def put(self, profiles: Iterable[Profile], *, ready: bool = True) -> None:
         """Stores each profile under every identity, dropping the identities it lost.
 
-        `ready`: the store is complete after this write (marked ready); a bulk import that
-        writes in batches says so with its last batch only.
+        `ready`: the store is complete after this write: if it was not marked ready (the first
+        bucket's marker is missing: a new or wiped store), every bucket is marked now. A bulk
+        import that writes in batches says so with its last batch only. A store that lost part
+        of its buckets (a Cluster shard) stays unmarked there until `mark_ready()`.
         """
         profiles = list(profiles)
         if not profiles:
@@ -184,7 +186,7 @@ class ProfileStore:
             copies.update((identity_key(alias), encoded) for alias in new.aliases)
         touched = lost | {alias for p in profiles for alias in p.aliases}
         gone = [key for key in map(identity_key, lost) if key not in copies]
-        self._write(copies, gone, touched, ready=ready)
+        self._write(copies, gone, touched, ready=ready and not self._client.exists(READY_KEYS[0]))
 
     def delete(self, identity: str) -> bool:
         """Removes the subscriber owning `identity`, with all its copies; False if none."""
@@ -195,7 +197,7 @@ class ProfileStore:
         return True
 
     def mark_ready(self) -> None:
-        """Marks the store complete as it is (an empty one, or one whose lost data is back);
+        """Marks every bucket complete as it is (an empty store, or one whose lost data is back);
         every cache forgets what it holds, since the data may have been restored around it."""
         self._write({}, [], frozenset(), ready=True)
 

@@ -15,11 +15,12 @@ from click.testing import Result
 from test_cli import Cli
 
 from conftest import DOMAIN, RedisServer
-from cpmiw.store.credentials import CREDENTIAL
+from cpmiw.store.credentials import credential_key
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.testing import free_port, make_profile
 
 BOB = f"sip:bob@{DOMAIN}"
+CREDENTIALS = "cpmiw:2:{*}:credential:*"  # every credential key
 PASSWORD = "correct horse battery"
 
 
@@ -41,13 +42,13 @@ def cli(redis_server: RedisServer) -> Iterator[Cli]:
 
 
 def _stored(cli: Cli, identity: str = BOB) -> dict[str, str] | None:
-    raw = cli.client.get(CREDENTIAL + identity)
+    raw = cli.client.get(credential_key(identity))
     return None if raw is None else dict(json.loads(raw))
 
 
 def _secrets(cli: Cli) -> list[str]:
     """Every password and HA1 the test used or Redis holds."""
-    held = [value for key in cli.client.keys(CREDENTIAL + "*") for value in _hashes(cli, key)]
+    held = [value for key in cli.client.keys(CREDENTIALS) for value in _hashes(cli, key)]
     return [PASSWORD, "another password", *held]
 
 
@@ -115,7 +116,7 @@ def test_set_refuses(
     assert result.exit_code == status
     assert result.stderr.startswith("error: ") and error in result.stderr
     assert result.stderr.count("\n") == 1
-    assert cli.client.keys(CREDENTIAL + "*") == []
+    assert cli.client.keys(CREDENTIALS) == []
 
 
 def test_dry_run_stores_nothing(cli: Cli) -> None:
@@ -154,15 +155,15 @@ def test_deleting_the_profile_removes_its_credential(cli: Cli) -> None:
 
 
 def test_a_credential_left_without_its_subscriber_can_be_removed(cli: Cli) -> None:
-    cli.client.set(CREDENTIAL + "sip:gone@ims.example.net", b"{}")
+    cli.client.set(credential_key("sip:gone@ims.example.net"), b"{}")
     cli.ok("credential", "remove", "sip:gone@ims.example.net")
-    assert cli.client.keys(CREDENTIAL + "*") == []
+    assert cli.client.keys(CREDENTIALS) == []
 
 
 def test_export_writes_a_private_file_import_reads_back(cli: Cli, tmp_path: Path) -> None:
     cli.ok("credential", "set", BOB, input=PASSWORD)
     cli.ok("credential", "set", f"sip:carol@{DOMAIN}", input="another password")
-    saved = {key: cli.client.get(key) for key in cli.client.keys(CREDENTIAL + "*")}
+    saved = {key: cli.client.get(key) for key in cli.client.keys(CREDENTIALS)}
     out = tmp_path / "credentials.jsonl"
     done = _quiet(cli, cli.ok("credential", "export", "-o", str(out)))
     assert f"exported 2 credential(s) to {out}" in done.stderr
@@ -210,7 +211,7 @@ def test_import_is_all_or_nothing(
     assert result.exit_code == status
     assert result.stderr.startswith("error: ")
     assert error in result.stderr.replace(str(path), "f")
-    assert cli.client.keys(CREDENTIAL + "*") == []
+    assert cli.client.keys(CREDENTIALS) == []
 
 
 def test_redis_down_is_one_line_and_exit_5() -> None:

@@ -12,17 +12,18 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import Network, RedisServer, make_network
+from conftest import Network, RedisServer, make_network, start_redis
 from cpmiw.core.credential import from_password
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
 from cpmiw.core.services import Family
 from cpmiw.ops.rpc import Contact, KamailioRpc
-from cpmiw.store.credentials import CREDENTIAL, CredentialStore
+from cpmiw.store.credentials import CredentialStore, credential_key
 from cpmiw.testing.digest import authorization, challenge_params
 from cpmiw.testing.sipnet import Peer
 from sipflows import cpm_message, deliver_and_answer, subscriber
@@ -282,14 +283,33 @@ def test_redis_paused_answers_503_at_once_then_recovers(digest: Network) -> None
 def test_a_bad_stored_credential_fails_that_subscriber_only(digest: Network) -> None:
     ivan, judy = _with_password(digest), _with_password(digest)
     client = digest.redis.client()
-    client.delete(CREDENTIAL + ivan.registration_aor)
-    client.hset(CREDENTIAL + ivan.registration_aor, "ha1", "x")  # a key of the wrong type
+    client.delete(credential_key(ivan.registration_aor))
+    client.hset(credential_key(ivan.registration_aor), "ha1", "x")  # a key of the wrong type
     with Peer(DEVICE) as ue:
         bad = ue.register(digest.kamailio.address, ivan.registration_aor, password=PASSWORD)
         good = ue.register(digest.kamailio.address, judy.registration_aor, password=PASSWORD)
     assert bad.status == 503
     assert good.status == 200
     assert f"stored credential of {ivan.registration_aor} is invalid" in digest.kamailio.log()
+
+
+def test_a_wiped_store_answers_503_not_a_challenge(log_dir: Path) -> None:
+    """Redis restarted empty: a device's right password must not look wrong (401)."""
+    own = start_redis()
+    env = {"CPMIW_TRUSTED_REGISTRARS": SCSCF}
+    try:
+        with contextmanager(make_network)(own, log_dir, env) as wiped, Peer(DEVICE) as ue:
+            aor = _with_password(wiped).registration_aor
+            assert ue.register(wiped.kamailio.address, aor, password=PASSWORD).status == 200
+            own.client().flushall()
+            answer = ue.register(wiped.kamailio.address, aor, password=PASSWORD)
+            assert (answer.status, answer.header("Retry-After")) == (503, "30")
+            assert "profile store not ready" in wiped.kamailio.wait_for_log("not ready")
+            _with_password(wiped)  # provisioning again makes the store ready
+            CredentialStore(own.client()).put([from_password(aor, PASSWORD)])
+            assert ue.register(wiped.kamailio.address, aor, password=PASSWORD).status == 200
+    finally:
+        own.stop()
 
 
 # -- trusted registrars and third-party REGISTER ---------------------------------------------

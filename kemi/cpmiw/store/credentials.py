@@ -1,13 +1,18 @@
 """Subscribers' digest credentials in Redis, beside their profiles.
 
-    cpmiw:2:credential:<identity>   JSON credential (core/credential.py); <identity> = the
-                                    canonical SIP identity that registers (a profile's first)
+    cpmiw:2:{<bucket>}:credential:<identity>   JSON credential (core/credential.py); <identity>
+                                               = the canonical SIP identity that registers (a
+                                               profile's first), in its profile's bucket
 
 The tool writes them (`cpmiw credential`); the proxy reads one per authenticated REGISTER, on a
 worker's own connection, within the worker's Redis time budget: a Redis that fails or is slow
 costs a REGISTER at most CPMIW_REDIS_TIMEOUT_MS, then opens the worker's breaker (shared with
 the profile look-ups) so that the next ones are answered 503 at once. No cache: a REGISTER is
 rare beside a MESSAGE, and a rotated or removed credential must count at the next REGISTER.
+
+A credential missing from a bucket without its readiness marker (store/profiles.py: a Redis
+restarted empty, a shard lost) is a store not ready (StoreError), never a subscriber without a
+password: the device is told to come back, not that its password is wrong.
 
 One key per credential: on Redis Cluster each goes to the shard of its identity. Several are
 written in one MULTI/EXEC on one server (or Sentinel's master); on Cluster each by itself.
@@ -26,10 +31,19 @@ from .. import metrics
 from ..core import credential as model
 from ..core.credential import Credential, CredentialError
 from .cache import Breaker
-from .profiles import CHUNK, PREFIX
+from .profiles import CHUNK, PREFIX, bucket, ready_key
 from .redis import FAILURES, Client, Connections, StoreError, is_cluster, text
 
-CREDENTIAL = PREFIX + "credential:"
+_KIND = ":credential:"
+
+
+def credential_key(identity: str) -> str:
+    """The key of a canonical identity's credential (in the bucket of its profile's key)."""
+    return f"{PREFIX}{{{bucket(identity)}}}{_KIND}{identity}"
+
+
+def _identity_of(key: str) -> str:
+    return key[key.index(_KIND) + len(_KIND) :]
 
 
 class CredentialStore:
@@ -42,7 +56,7 @@ class CredentialStore:
     def get(self, identity: str) -> Credential | None:
         """The credential of the canonical `identity`, or None; CredentialError if invalid."""
         try:
-            raw = self._client.get(CREDENTIAL + identity)
+            raw = self._client.get(credential_key(identity))
         except redis.ResponseError as error:
             raise CredentialError(f"stored credential is not a string: {error}") from None
         except FAILURES as error:
@@ -51,7 +65,7 @@ class CredentialStore:
 
     def put(self, credentials: Iterable[Credential]) -> None:
         """Stores credentials, replacing those of the same identities."""
-        records = {CREDENTIAL + c.identity: model.encode(c) for c in credentials}
+        records = {credential_key(c.identity): model.encode(c) for c in credentials}
         if not records:
             return
         with self._client.pipeline(transaction=not self._cluster) as batch:
@@ -61,12 +75,12 @@ class CredentialStore:
 
     def remove(self, identity: str) -> bool:
         """Removes the credential of `identity`; False when it had none."""
-        return bool(self._client.delete(CREDENTIAL + identity))
+        return bool(self._client.delete(credential_key(identity)))
 
     def identities(self, match: str = "*") -> list[str]:
         """The identities that have a credential, matching a Redis glob, sorted."""
-        keys = self._client.scan_iter(match=CREDENTIAL + match, count=CHUNK)
-        return sorted(text(key)[len(CREDENTIAL) :] for key in keys)
+        keys = self._client.scan_iter(match=f"{PREFIX}{{*}}{_KIND}{match}", count=CHUNK)
+        return sorted(_identity_of(text(key)) for key in keys)
 
     def all(self, match: str = "*") -> Iterator[Credential]:
         """Every stored credential matching the glob, in identity order; CredentialError."""
@@ -78,7 +92,7 @@ class CredentialStore:
                     yield _checked(identity, raw)
 
     def _mget(self, identities: list[str]) -> list[bytes | str | None]:
-        keys = [CREDENTIAL + identity for identity in identities]
+        keys = [credential_key(identity) for identity in identities]
         if self._cluster:  # MGET cannot span shards: redis-py splits it by slot
             return list(cast(RedisCluster, self._client).mget_nonatomic(keys))
         return list(cast(redis.Redis, self._client).mget(keys))
@@ -100,14 +114,16 @@ class CredentialReader:
         self._breaker = breaker
 
     def get(self, identity: str) -> Credential | None:
-        """As CredentialStore.get; StoreError when Redis fails or the breaker is open."""
+        """As CredentialStore.get; StoreError when Redis fails, the breaker is open or the
+        store is not ready (a miss costs a second round trip, to the marker)."""
         if self._breaker.open:
             raise StoreError("redis unavailable (circuit open after a failure)")
-        key = CREDENTIAL + identity
+        key = credential_key(identity)
         started = time.perf_counter()
         failed = False
         try:
             raw = self._connections.execute(key, "GET", key)
+            ready = raw is not None or self._connections.execute(key, "EXISTS", ready_key(key))
         except StoreError:
             failed = True
             self._breaker.failed()
@@ -116,4 +132,6 @@ class CredentialReader:
             raise CredentialError(f"stored credential is not a string: {error}") from None
         finally:
             metrics.observe_redis(time.perf_counter() - started, failed)
+        if not ready:
+            raise StoreError("profile store not ready (its readiness marker is missing)")
         return None if raw is None else _checked(identity, raw)

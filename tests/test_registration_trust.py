@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from cpmiw.testing.digest import authorization, challenge_params
 from cpmiw.testing.sipnet import Peer
 from sipflows import cpm_message, deliver_and_answer, subscriber
 
+SCENARIOS = Path(__file__).parent / "scenarios"
 SCSCF = "127.0.0.9"  # the trusted registrar
 DEVICE = "127.0.0.6"  # a device's address: not trusted
 PASSWORD = "correct horse battery"
@@ -164,6 +166,32 @@ def test_md5_credentials_bind_and_the_device_gets_its_messages(digest: Network) 
     assert received.header_values("Accept-Contact")[0].startswith("*;+g.oma.sip-im")
     assert gone.status == 200
     assert _contacts(digest, aor) == []
+
+
+def test_a_device_on_tcp_registers_with_digest(digest: Network) -> None:
+    pete = _with_password(digest)
+    aor = pete.registration_aor
+    with Peer(DEVICE, transport="tcp") as ue:
+        assert ue.register(digest.kamailio.address, aor, password=PASSWORD).status == 200
+        _message_reaches(digest, aor, ue)
+        assert ue.register(digest.kamailio.address, aor, expires=0, password=PASSWORD).status == 200
+
+
+@pytest.mark.parametrize(("password", "status"), [(PASSWORD, 0), ("not the password", 1)])
+def test_sipp_registers_with_its_own_digest(
+    digest: Network, tmp_path: Path, password: str, status: int
+) -> None:
+    """Another client's digest implementation (sipp's) against the proxy's."""
+    olga = _with_password(digest)
+    user = olga.registration_aor.partition(":")[2].partition("@")[0]
+    run = subprocess.run(
+        ["sipp", "-sf", str(SCENARIOS / "register-digest.xml"), "-s", user, "-au", user,
+         "-ap", password, "-i", DEVICE, "-p", "0", "-m", "1", "-timeout", "5", "-nostdin",
+         f"127.0.0.1:{digest.kamailio.port}"],
+        cwd=tmp_path, capture_output=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert run.returncode == status, run.stderr.decode(errors="replace")[-500:]
+    assert len(_contacts(digest, olga.registration_aor)) == (1 if status == 0 else 0)
 
 
 def test_sha256_credentials_bind(sha256: Network) -> None:

@@ -34,6 +34,9 @@ def serve() -> None:
 def kamailio_counters() -> str:
     """The exposition of the counters kamailio.cfg keeps (Kamailio reads them as 32 bits)."""
     lines = [
+        "# HELP cpmiw_flood_blocked_total Requests dropped because their source was flooding.",
+        "# TYPE cpmiw_flood_blocked_total counter",
+        f"cpmiw_flood_blocked_total {pv('$stat(cpmiw_flood_blocked)') or 0}",
         "# HELP cpmiw_refused_total Requests kamailio.cfg answered with an error before routing"
         " them, by reason.",
         "# TYPE cpmiw_refused_total counter",

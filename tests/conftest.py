@@ -166,22 +166,23 @@ class Kamailio:
     process: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int = 0
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     @property
     def uri(self) -> str:
-        return f"sip:127.0.0.1:{self.port}"
+        return f"sip:{self.host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     @property
     def rpc_socket(self) -> Path:
-        return self.log_path.parent / f"rpc-{self.port}.sock"
+        return self.log_path.parent / f"rpc-{self.host}-{self.port}.sock"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -206,16 +207,18 @@ class Kamailio:
 
 
 def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
-    port = free_port()
-    metrics_port = free_port()
-    log_path = log_dir / f"kamailio-{port}.log"
+    """Kamailio on `CPMIW_SIP_ADDR` (127.0.0.1) and `CPMIW_SIP_PORT` (a free port) of `env`."""
+    host = env.get("CPMIW_SIP_ADDR", "127.0.0.1")
+    port = int(env.get("CPMIW_SIP_PORT") or free_port(host))
+    metrics_port = int(env.get("CPMIW_METRICS_PORT") or free_port(host))
+    log_path = log_dir / f"kamailio-{host}-{port}.log"
     full_env = {
-        "CPMIW_SIP_ADDR": "127.0.0.1",
+        "CPMIW_SIP_ADDR": host,
         "CPMIW_SIP_PORT": str(port),
         "CPMIW_WORKERS": "2",
         "CPMIW_METRICS_PORT": str(metrics_port),
-        "CPMIW_METRICS_DIR": str(log_dir / f"metrics-{port}"),
-        "CPMIW_RPC_SOCKET": str(log_dir / f"rpc-{port}.sock"),
+        "CPMIW_METRICS_DIR": str(log_dir / f"metrics-{host}-{port}"),
+        "CPMIW_RPC_SOCKET": str(log_dir / f"rpc-{host}-{port}.sock"),
         "CPMIW_SHM_MB": "64",
         "CPMIW_DOMAINS": DOMAIN,
         "CPMIW_VENV": sys.prefix,
@@ -226,7 +229,7 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
         "HOME": os.environ.get("HOME", "/root"),
         **env,
     }
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:  # a restarted proxy logs after its first life
         process = subprocess.Popen(
             [str(LAUNCHER)],
             env=full_env,
@@ -234,7 +237,7 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    kamailio = Kamailio(port, process, log_path, metrics_port)
+    kamailio = Kamailio(port, process, log_path, metrics_port, host)
     with Peer("127.0.0.1") as probe:
 
         def answers() -> bool:

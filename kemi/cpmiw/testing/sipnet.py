@@ -407,9 +407,14 @@ class StatelessProxy:
         return address == (self.peer.host, self.peer.port)
 
     def forward_one(
-        self, timeout: float = 5.0, *, mutate: Callable[[SipMessage], SipMessage] | None = None
+        self,
+        timeout: float = 5.0,
+        *,
+        mutate: Callable[[SipMessage], SipMessage] | None = None,
+        to: Address | None = None,
     ) -> SipMessage:
-        """Receive one request and forward it; return it as forwarded."""
+        """Receive one request and forward it; return it as forwarded. `to`: where to, instead
+        of its next Route (as when that proxy is down and DNS gives another one)."""
         msg = self.peer.recv_request(timeout=timeout)
         top_route = _first_entry(msg, "route")
         if top_route is not None and self._is_me(host_port_of(uri_of(top_route))):
@@ -419,7 +424,7 @@ class StatelessProxy:
         if mutate is not None:
             msg = mutate(msg)
         next_route = _first_entry(msg, "route")
-        self.peer.send(msg, host_port_of(uri_of(next_route) if next_route else msg.ruri))
+        self.peer.send(msg, to or host_port_of(uri_of(next_route) if next_route else msg.ruri))
         return msg
 
     def relay_responses(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from conftest import Network, RedisServer, make_network, start_redis
@@ -36,22 +37,27 @@ PASSWORD = "correct horse battery"
 IM = ";+g.oma.sip-im"
 
 
+# The tests here register from DEVICE faster than a device would: the per-source rate limit
+# (tests/test_registration_flood.py) is raised out of their way.
+TRUSTING = {"CPMIW_TRUSTED_REGISTRARS": SCSCF, "CPMIW_REGISTER_RATE": "1000"}
+
+
 @pytest.fixture(scope="module")
 def digest(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
     """A proxy taking registrations by digest (MD5) and from the S-CSCF."""
-    yield from make_network(redis_server, log_dir, {"CPMIW_TRUSTED_REGISTRARS": SCSCF})
+    yield from make_network(redis_server, log_dir, TRUSTING)
 
 
 @pytest.fixture(scope="module")
 def sha256(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
-    env = {"CPMIW_TRUSTED_REGISTRARS": SCSCF, "CPMIW_DIGEST_ALGORITHM": "SHA-256"}
-    yield from make_network(redis_server, log_dir, env)
+    yield from make_network(
+        redis_server, log_dir, {**TRUSTING, "CPMIW_DIGEST_ALGORITHM": "SHA-256"}
+    )
 
 
 @pytest.fixture(scope="module")
 def trusted_only(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
-    env = {"CPMIW_TRUSTED_REGISTRARS": SCSCF, "CPMIW_REGISTRATION": "trusted"}
-    yield from make_network(redis_server, log_dir, env)
+    yield from make_network(redis_server, log_dir, {**TRUSTING, "CPMIW_REGISTRATION": "trusted"})
 
 
 def _with_password(net: Network, services: str = "cpm") -> Profile:
@@ -209,6 +215,38 @@ def test_sha256_credentials_bind(sha256: Network) -> None:
         _message_reaches(sha256, aor, ue)
 
 
+def test_a_credential_may_name_its_own_username(digest: Network) -> None:
+    """The digest username need not be the AOR's user part (an IMS private identity)."""
+    quinn = subscriber(digest, "cpm")
+    aor = quinn.registration_aor
+    private = f"{aor[4:]}.private"
+    store = CredentialStore(digest.redis.client())
+    store.put([from_password(aor, PASSWORD, username=private)])
+    with Peer(DEVICE) as ue:
+        as_user_part = ue.register(digest.kamailio.address, aor, password=PASSWORD)
+        assert as_user_part.status == 401
+        assert f"{aor}: another username" in digest.kamailio.wait_for_log("another username")
+        ok = ue.register(digest.kamailio.address, aor, password=PASSWORD, username=private)
+        assert ok.status == 200
+        assert (
+            ue.register(
+                digest.kamailio.address, aor, expires=0, password=PASSWORD, username=private
+            ).status
+            == 200
+        )
+
+
+def test_a_credential_without_the_proxys_algorithm_is_refused_and_logged(sha256: Network) -> None:
+    rose = subscriber(sha256, "cpm")
+    aor = rose.registration_aor
+    md5_only = msgspec.structs.replace(from_password(aor, PASSWORD), ha1_sha256=None)
+    CredentialStore(sha256.redis.client()).put([md5_only])
+    with Peer(DEVICE) as ue:
+        assert ue.register(sha256.kamailio.address, aor, password=PASSWORD).status == 401
+    assert f"{aor}: no SHA-256 HA1" in sha256.kamailio.wait_for_log("no SHA-256 HA1")
+    assert _contacts(sha256, aor) == []
+
+
 def test_a_wrong_password_binds_nothing_and_is_logged(digest: Network) -> None:
     dave = _with_password(digest)
     aor = dave.registration_aor
@@ -324,9 +362,8 @@ def test_a_bad_stored_credential_fails_that_subscriber_only(digest: Network) -> 
 def test_a_wiped_store_answers_503_not_a_challenge(log_dir: Path) -> None:
     """Redis restarted empty: a device's right password must not look wrong (401)."""
     own = start_redis()
-    env = {"CPMIW_TRUSTED_REGISTRARS": SCSCF}
     try:
-        with contextmanager(make_network)(own, log_dir, env) as wiped, Peer(DEVICE) as ue:
+        with contextmanager(make_network)(own, log_dir, TRUSTING) as wiped, Peer(DEVICE) as ue:
             aor = _with_password(wiped).registration_aor
             assert ue.register(wiped.kamailio.address, aor, password=PASSWORD).status == 200
             own.client().flushall()

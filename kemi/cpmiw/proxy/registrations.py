@@ -109,7 +109,7 @@ def registered() -> None:
 
 
 # Kamailio auth return codes (auth/api.h) after which the device is challenged with a new nonce
-# marked stale (RFC 3261 22.4: it answers again with the same password, without asking anyone).
+# marked stale (RFC 2617 3.2.1: it answers again with the same password, asking no one).
 _STALE = {-4, -6}  # AUTH_STALE_NONCE, AUTH_NONCE_REUSED
 _QOP_AUTH, _STALE_FLAG = 1, 16  # auth_challenge() flags
 LIMITED_RETRY_AFTER = 5  # s: what a rate-limited sender is told to wait
@@ -182,30 +182,28 @@ class Admission:
         try:
             credential = self._credentials.get(aor)
         except StoreError as error:
-            KSR.hdr.append_to_reply(f"Retry-After: {self._settings.retry_after}\r\n")
-            self._refuse(503, "Service Unavailable", "unavailable", f"{aor}: {error}")
-            return False
+            return self._unavailable(f"{aor}: {error}")
         except CredentialError as error:  # this subscriber's only: no breaker opened
-            KSR.hdr.append_to_reply(f"Retry-After: {self._settings.retry_after}\r\n")
-            why = f"stored credential of {aor} is invalid: {error}"
-            self._refuse(503, "Service Unavailable", "unavailable", why)
-            return False
+            return self._unavailable(f"stored credential of {aor} is invalid: {error}")
         algorithm = self._policy.algorithm
         ha1 = credential.hash(algorithm) if credential else None
-        if credential is None or ha1 is None or pv("$aU") != credential.username:
-            why = (
-                "no credential"
-                if credential is None
-                else f"no {algorithm.value} HA1"
-                if ha1 is None
-                else "another username"
-            )
-            return self._challenge_again(realm, False, f"{aor}: {why}")
+        if credential is None:
+            return self._challenge_again(realm, False, f"{aor}: no credential")
+        if ha1 is None:
+            return self._challenge_again(realm, False, f"{aor}: no {algorithm.value} HA1")
+        if pv("$aU") != credential.username:
+            return self._challenge_again(realm, False, f"{aor}: another username")
         code = KSR.auth.pv_auth_check(realm, ha1, 1, 0)  # 1: the password given is an HA1
         if code > 0:
             metrics.count_registration("authenticated")
             return True
         return self._challenge_again(realm, code in _STALE, f"{aor}: auth code {code}")
+
+    def _unavailable(self, why: str) -> bool:
+        """The credential could not be read: 503, come back later (the password may be right)."""
+        KSR.hdr.append_to_reply(f"Retry-After: {self._settings.retry_after}\r\n")
+        self._refuse(503, "Service Unavailable", "unavailable", why)
+        return False
 
     def _challenge_again(self, realm: str, stale: bool, why: str) -> bool:
         """Credentials that do not hold: a new challenge (the device may try once more)."""
@@ -231,8 +229,6 @@ class Admission:
         if found.path:
             KSR.hdr.remove("Path")
             append_header("Path", found.path)
-        if found.contact == "*" and not expires_header:
-            KSR.hdr.append("Expires: 0\r\n")
         KSR.textopsx.msg_apply_changes()
         metrics.count_registration("third-party")
         return True

@@ -8,6 +8,8 @@ names, as an AS whose DNS gave it another proxy would.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (
+    CPM_PAGER,
     TRUSTED_REGISTRAR,
     Kamailio,
     RedisServer,
@@ -30,6 +33,7 @@ from cpmiw.ops.rpc import KamailioRpc, RpcError
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
 from cpmiw.testing import free_port, make_profile
+from cpmiw.testing.load import Devices, Load, by_status, full_service_after
 from cpmiw.testing.sipnet import Peer, StatelessProxy
 from sipflows import cpm_message
 
@@ -43,6 +47,7 @@ class Proxies:
     proxies: list[Kamailio]
     envs: list[dict[str, str]]
     im_as: Peer
+    ip_sm_gw: Peer
     store: ProfileStore
     log_dir: Path
 
@@ -81,9 +86,8 @@ def pair(redis_server: RedisServer, log_dir: Path) -> Iterator[Proxies]:
         try:
             for env in envs:
                 proxies.append(start_kamailio(env, log_dir))
-            yield Proxies(
-                proxies, envs, im_as, ProfileStore(connect(redis_server.url, 1.0)), log_dir
-            )
+            store = ProfileStore(connect(redis_server.url, 1.0))
+            yield Proxies(proxies, envs, im_as, ip_sm_gw, store, log_dir)
         finally:
             for proxy in proxies:
                 _stop(proxy.process)
@@ -245,6 +249,69 @@ def test_the_same_request_handed_to_the_as_twice_is_honoured_twice(pair: Proxies
         for line in a.decision_lines(first.header("Call-ID") or "", 4)
     ]
     assert rules == ["interworking-im_as", "returned-from-as"] * 2
+
+
+# ---- a proxy killed under load (last: proxy A stays dead) ---------------------------------------
+
+
+def test_a_proxy_killed_under_load(pair: Proxies) -> None:
+    """A is killed while a caller sends through it; the caller moves to B half a second later.
+    Registrations made through A, a marker A issued and a conversation A remembered carry on
+    through B, and every request is answered."""
+    a, b = pair.proxies
+    recipients = [_subscriber(pair, "cpm") for _ in range(10)]
+    erin = _subscriber(pair, "im", interworking="im_as")
+    alice, carol = _subscriber(pair, "cpm"), _subscriber(pair, "sms")
+    devices = Devices()
+    devices.register(a.address, [p.registration_aor for p in [*recipients, erin, alice]])
+    devices.start()
+    try:
+        with Peer() as caller, Peer("127.0.0.4") as gateway:
+            # Through A: a CPM message to an SMS user, whose conversation A keeps.
+            first = cpm_message(
+                caller, carol.identities[1], from_=f"<{alice.registration_aor}>;tag=a"
+            )
+            caller.send(first, a.address)
+            pair.ip_sm_gw.reply(pair.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
+            assert caller.recv_response().status == 202
+            load = Load(a.address, [p.registration_aor for p in recipients], 200, CPM_PAGER)
+            load.start()
+            time.sleep(1.0)
+            # A hands a request to the IM AS and dies before the AS sends it back.
+            caller.send(cpm_message(caller, erin.registration_aor), a.address)
+            time.sleep(0.1)
+            killed_at = load.elapsed
+            os.killpg(a.process.pid, signal.SIGKILL)
+            time.sleep(0.5)
+            load.move(b.address)
+            # The AS sends its request back to B, as DNS gives it B: A's marker is honoured.
+            StatelessProxy(pair.im_as).forward_one(to=b.address)
+            time.sleep(2.0)
+            outcomes = load.stop(drain=5.0)
+            # The SMS user's reply through B gets the conversation A remembered.
+            reply = gateway.request(
+                "MESSAGE",
+                alice.registration_aor,
+                from_=f"<{carol.identities[1]}>;tag=gw",
+                headers=[("Accept-Contact", "*;+g.oma.sip-im"), ("Content-Type", "text/plain")],
+                body=b"ok",
+            )
+            assert gateway.ask(reply, b.address).status == 200
+    finally:
+        devices.stop()
+    recovered = full_service_after(outcomes, killed_at)
+    print(
+        f"\nproxy A killed at {killed_at:.1f} s, caller on B 0.5 s later: {by_status(outcomes)},"
+        f" full service {recovered} s after the kill,"
+        f" slowest {max(o.took for o in outcomes):.2f} s"
+    )
+    assert by_status(outcomes) == {200: len(outcomes)}  # answered, through B if not A
+    assert recovered is not None and recovered < 3.0
+    to_erin = devices.addressed_to(erin.registration_aor)
+    assert len(to_erin) == 1
+    assert " rule=returned-from-as " in b.decision_lines(to_erin[0].header("Call-ID") or "")[0]
+    to_alice = devices.addressed_to(alice.registration_aor)
+    assert to_alice[-1].header("Conversation-ID") == first.header("Conversation-ID")
 
 
 # ---- settings ---------------------------------------------------------------------------------

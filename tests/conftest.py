@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,9 @@ import redis
 
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
+from cpmiw.store.guard import Guard
 from cpmiw.store.profiles import Changes, ProfileStore, Reader
-from cpmiw.store.redis import Client, connect
+from cpmiw.store.redis import Client, Connections, connect
 from cpmiw.testing import free_port, wait_until
 from cpmiw.testing.sipnet import Peer
 
@@ -122,7 +123,7 @@ class CountingStore(ProfileStore):
         self.lookups = 0
         self.stream_reads = 0
 
-    def reader(self) -> Reader:
+    def reader(self, guard: Guard) -> Reader:
         store = self
 
         class CountingReader(Reader):
@@ -130,11 +131,23 @@ class CountingStore(ProfileStore):
                 store.lookups += 1
                 return super().lookup(identity)
 
-        return CountingReader(self.client)
+            def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
+                store.stream_reads += 1
+                return super().changes(cursor, limit)
 
-    def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
-        self.stream_reads += 1
-        return super().changes(cursor, limit)
+        return CountingReader(guard)
+
+
+def make_guard(
+    client: Client,
+    *,
+    timeout: float = 1.0,
+    slow: float = 1.0,
+    backoff: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+) -> Guard:
+    """A worker's guard (store/guard.py) on connections of its own to `client`'s Redis."""
+    return Guard(Connections(client), timeout=timeout, slow=slow, backoff=backoff, clock=clock)
 
 
 class ManualClock:
@@ -226,6 +239,11 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
         # The tests send from a few loopback addresses, in bursts: no source is ever blocked by
         # the flood limit (pike counts to 65,535 a second); its own tests set a low one.
         "CPMIW_FLOOD_RATE": "65535",
+        # The suite shares two loaded cores: a Redis reply may wait for a CPU longer than the
+        # defaults (10 ms a reply, 50 ms a request) without Redis being slow. The tests of a
+        # failing Redis set their own.
+        "CPMIW_REDIS_SLOW_MS": "100",
+        "CPMIW_REDIS_TIMEOUT_MS": "250",
         "HOME": os.environ.get("HOME", "/root"),
         **env,
     }

@@ -25,6 +25,7 @@ from conftest import (
     Network,
     RedisServer,
     ask_together,
+    make_guard,
     start_redis,
 )
 from cpmiw.core.profile import Profile
@@ -71,8 +72,9 @@ def make_cache(
 ) -> tuple[CachedProfiles, Watcher]:
     watcher = Watcher(store)
     watcher.tick()
+    guard = make_guard(store._client, clock=clock)
     cache = CachedProfiles(
-        store, lambda: watcher.published, capacity=capacity, max_age=300, backoff=0.5, clock=clock
+        store, guard, lambda: watcher.published, capacity=capacity, max_age=300, clock=clock
     )
     return cache, watcher
 

@@ -16,12 +16,19 @@ import redis
 from click.testing import CliRunner
 from redis.crc import key_slot
 
-from conftest import RedisServer
-from cpmiw.core.conversation import Conversation
+from conftest import RedisServer, make_guard
+from cpmiw.core.conversation import CONVERSATION_ID, IN_REPLY_TO, Conversation, fresh
 from cpmiw.ops.cli import main
 from cpmiw.store.conversations import ConversationStore
 from cpmiw.store.markers import CLOCK_SKEW, HonouredMarkers
-from cpmiw.store.profiles import READY_KEYS, ProfileStore, Stamp, identity_key, ready_key
+from cpmiw.store.profiles import (
+    READY_KEYS,
+    ProfileStore,
+    Reader,
+    Stamp,
+    identity_key,
+    ready_key,
+)
 from cpmiw.store.redis import Connections, StoreError, UrlError, connect, parse_url
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.topology import Cluster, SentinelSet, redis_cluster, sentinel_set
@@ -101,8 +108,9 @@ def test_cli_writes_and_reads_through_sentinel(sentinels: SentinelSet) -> None:
 def test_store_reader_and_watcher_follow_a_failover(sentinels: SentinelSet) -> None:
     """The master is killed: the same store, reader and change signal (one worker's) carry on
     against the replica the sentinels promote; what was written before is there."""
-    store = ProfileStore(connect(sentinels.url, timeout=0.2))
-    reader = store.reader()
+    client = connect(sentinels.url, timeout=0.2)
+    store = ProfileStore(client)
+    reader = store.reader(make_guard(client, timeout=0.2, slow=0.2, backoff=0.05))
     signal = store.signal(wait=0.05)
     before = make_profile("dora", "+15557000001", "cpm")
     store.put([before])
@@ -134,16 +142,25 @@ def test_store_reader_and_watcher_follow_a_failover(sentinels: SentinelSet) -> N
 
 
 def test_unreachable_sentinels_fail_fast() -> None:
-    store = ProfileStore(connect("redis+sentinel://127.0.0.1:1,127.0.0.1:2/cpmiw", 0.05))
+    client = connect("redis+sentinel://127.0.0.1:1,127.0.0.1:2/cpmiw", 0.05)
+    store = ProfileStore(client)
     started = time.monotonic()
     with pytest.raises(StoreError):
-        store.reader().lookup("tel:+1")
+        store.reader(make_guard(client, timeout=0.05)).lookup("tel:+1")
     with pytest.raises(StoreError):
         store.lookup("tel:+1")
     assert time.monotonic() - started < 1.0
 
 
 # ---- Cluster ---------------------------------------------------------------------------------
+
+
+def reader_of(url: str, timeout: float) -> Reader:
+    """A worker's reader: its own connections, its guard (a short backoff, for polling)."""
+    client = connect(url, timeout)
+    return ProfileStore(client).reader(
+        make_guard(client, timeout=timeout, slow=timeout, backoff=0.05)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +175,7 @@ def test_cluster_spreads_subscribers_and_reads_each_from_its_shard(cluster: Clus
     store.put(profiles)
     per_shard = [master.client().dbsize() for master in cluster.masters()]
     assert len(per_shard) == 3 and min(per_shard) > 100  # 600 copies, no single hash tag
-    reader = store.reader()
+    reader = reader_of(cluster.url, 0.5)
     for profile in profiles[::7]:
         assert reader.lookup(profile.subscriber) == profile
         assert store.lookup(f"tel:+1555800{profiles.index(profile):04d}") == profile
@@ -177,7 +194,7 @@ def test_cluster_change_stream_tells_of_each_write(cluster: Cluster) -> None:
     assert changes.epoch == stamp.epoch != ""
     store.delete("tel:+15558100001")
     assert store.changes(changes.cursor).identities == erin.aliases
-    assert store.reader().lookup(erin.subscriber) is None
+    assert reader_of(cluster.url, 0.5).lookup(erin.subscriber) is None
 
 
 def test_cli_imports_exports_and_moves_identities_on_cluster(
@@ -203,20 +220,22 @@ def test_cli_imports_exports_and_moves_identities_on_cluster(
         main, ["profile", "alias", "add", "sip:csv2@ims.example.net", "tel:+15558200001"], env=env
     )
     assert added.exit_code == 0, added.output
-    found = ProfileStore(connect(cluster.url, 0.5)).reader().lookup("tel:+15558200001")
+    found = reader_of(cluster.url, 0.5).lookup("tel:+15558200001")
     assert found is not None and found.subscriber == "sip:csv2@ims.example.net"
 
 
 def test_conversations_are_kept_on_cluster(cluster: Cluster) -> None:
-    conversations = ConversationStore(connect(cluster.url, timeout=0.5), ttl=60)
+    guard = make_guard(connect(cluster.url, timeout=0.5), timeout=0.5, slow=0.5)
+    conversations = ConversationStore(guard, ttl=60)
     conversations.remember("sip:a@ims.example.net", "tel:+1555", Conversation("c1", "k1"))
-    assert conversations.recall("sip:a@ims.example.net", "tel:+1555") == Conversation("c1", "k1")
+    added = dict(conversations.exchange("sip:a@ims.example.net", "tel:+1555", {}, fresh()))
+    assert (added[CONVERSATION_ID], added[IN_REPLY_TO]) == ("c1", "k1")
 
 
 def test_reader_and_writer_follow_a_shard_failover(cluster: Cluster) -> None:
     """A master is killed: its replica takes its slots; the same reader finds them there."""
     store = ProfileStore(connect(cluster.url, timeout=0.2))
-    reader = store.reader()
+    reader = reader_of(cluster.url, 0.2)
     fay = make_profile("fay", "+15558300001", "cpm")
     store.put([fay])  # acknowledged by the shard's replica before put() returns
     assert reader.lookup(fay.subscriber) == fay

@@ -119,11 +119,21 @@ _METRICS = {
     ),
     "cpmiw_profile_lookups": _Spec(
         "counter",
-        "Profile look-ups: hit (worker cache), miss (asked Redis) or error.",
+        "Profile look-ups: hit (worker cache), miss (asked Redis), error (Redis failed),"
+        " not-ready (the store is empty or was wiped) or invalid (the subscriber's data).",
         ("result",),
     ),
     "cpmiw_redis_errors": _Spec(
         "counter", "Redis round trips that failed (refused, timed out, bad reply)."
+    ),
+    "cpmiw_redis_breaker_opened": _Spec(
+        "counter",
+        "Times a worker's Redis breaker opened: a call failed, or its reply came late.",
+        ("reason",),
+    ),
+    # Set by each worker as its breaker opens and closes: the maximum over the processes.
+    "cpmiw_redis_breaker_open": _Spec(
+        "gauge", "1 while the Redis breaker of at least one worker is open."
     ),
     "cpmiw_redis_seconds": _Spec(
         "histogram", "Duration of Redis round trips made by the plugin, failed ones included."
@@ -155,6 +165,7 @@ _SHADOW: Key = ("cpmiw_shadow_mode",)
 _REDIS_ERRORS: Key = ("cpmiw_redis_errors",)
 _REDIS_SECONDS: Key = ("cpmiw_redis_seconds",)
 _DECISION_SECONDS: Key = ("cpmiw_decision_seconds",)
+_BREAKER_OPEN: Key = ("cpmiw_redis_breaker_open",)
 
 
 class _Tally:
@@ -230,6 +241,13 @@ def _count(key: Key) -> None:
     if slot is None:
         slot = _allocate(key)
     _view[slot] += 1.0
+
+
+def _set(key: Key, value: float) -> None:
+    slot = _slots.get(key)
+    if slot is None:
+        slot = _allocate(key)
+    _view[slot] = value
 
 
 def _observe(key: Key, seconds: float) -> None:
@@ -309,6 +327,20 @@ def observe_redis(seconds: float, error: bool) -> None:
         _count(_REDIS_ERRORS)
 
 
+def breaker_opened(reason: str) -> None:
+    """A worker's Redis breaker opened: `reason` is failed (no connection) or late (no reply in
+    time)."""
+    if _directory is not None:
+        _count(("cpmiw_redis_breaker_opened", reason))
+        _set(_BREAKER_OPEN, 1.0)
+
+
+def breaker_closed() -> None:
+    """A worker's Redis breaker closed: a call after the backoff was answered in time."""
+    if _directory is not None:
+        _set(_BREAKER_OPEN, 0.0)
+
+
 def _read(keys_path: Path) -> Iterator[tuple[Key, list[float]]]:
     """Every complete series of one process's files, with its slots' values."""
     try:
@@ -331,14 +363,15 @@ def _read(keys_path: Path) -> Iterator[tuple[Key, list[float]]]:
 
 
 def _sum(directory: Path) -> dict[Key, list[float]]:
-    """The values of every series, summed over the processes (the shadow gauge: the maximum)."""
+    """The values of every series, summed over the processes (a gauge: the maximum)."""
     totals: dict[Key, list[float]] = {
         (name,): [0.0] * spec.width for name, spec in _METRICS.items() if not spec.labels
     }
     for keys_path in sorted(directory.glob("tally-*.keys")):
         for key, values in _read(keys_path):
             total = totals.setdefault(key, [0.0] * len(values))
-            if key == _SHADOW:
+            spec = _METRICS.get(key[0])
+            if spec is not None and spec.kind == "gauge":
                 total[0] = max(total[0], values[0])
             else:
                 for i, value in enumerate(values):

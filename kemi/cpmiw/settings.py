@@ -50,6 +50,7 @@ class Settings:
     redis_url: str
     redis_timeout: float  # seconds
     redis_backoff: float  # s without Redis calls after a failure (circuit breaker)
+    redis_slow: float  # s a reply may take; a later one is a failure (opens the breaker)
     cache_entries: int  # profiles cached per worker process
     cache_max_age: float  # s after which a cached profile is fetched again
     memo_ttl: int  # s a plain delivery stays remembered for kamailio.cfg to replay (0: never)
@@ -184,6 +185,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         redis_url=env.get("CPMIW_REDIS_URL", "redis://127.0.0.1:6379/0"),
         redis_timeout=_int(env, "CPMIW_REDIS_TIMEOUT_MS", 50) / 1000,
         redis_backoff=_int(env, "CPMIW_REDIS_BACKOFF_MS", 500) / 1000,
+        redis_slow=_int(env, "CPMIW_REDIS_SLOW_MS", 10) / 1000,
         cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 50_000),
         cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
         memo_ttl=_int(env, "CPMIW_MEMO_TTL", 300, most=86400),

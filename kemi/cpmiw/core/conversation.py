@@ -30,22 +30,25 @@ def fresh_id() -> str:
     return secrets.token_hex(16)
 
 
-def headers_to_add(
-    present: dict[str, str], remembered: Conversation | None
-) -> tuple[list[tuple[str, str]], Conversation]:
-    """The headers to add to an SMS user's reply, and the conversation state after it.
+def fresh() -> Conversation:
+    """New identifiers, for what neither a reply nor what was remembered has."""
+    return Conversation(fresh_id(), fresh_id())
 
-    `present` maps the conversation header names the request already carries to their values.
+
+def headers_to_add(
+    present: dict[str, str], remembered: Conversation | None, new: Conversation
+) -> list[tuple[str, str]]:
+    """The headers to add to an SMS user's reply.
+
+    `present` maps the conversation header names the request already carries to their values;
+    `new` holds the identifiers used where neither the request nor `remembered` has one. The
+    conversation state after the reply is the request's identifiers, else these.
     """
     added = []
-    conversation = present.get(CONVERSATION_ID)
-    if conversation is None:
-        conversation = remembered.conversation if remembered else fresh_id()
-        added.append((CONVERSATION_ID, conversation))
-    contribution = present.get(CONTRIBUTION_ID)
-    if contribution is None:
-        contribution = fresh_id()
-        added.append((CONTRIBUTION_ID, contribution))
+    if CONVERSATION_ID not in present:
+        added.append((CONVERSATION_ID, remembered.conversation if remembered else new.conversation))
+    if CONTRIBUTION_ID not in present:
+        added.append((CONTRIBUTION_ID, new.contribution))
     if IN_REPLY_TO not in present and remembered is not None:
         added.append((IN_REPLY_TO, remembered.contribution))
-    return added, Conversation(conversation, contribution)
+    return added

@@ -29,6 +29,11 @@ class UnavailableError(RuntimeError):
     not the same as an answer of "no such subscriber"."""
 
 
+class NotReadyError(UnavailableError):
+    """What a `Lookup` raises when the profile store holds no data set (empty, or wiped): its
+    silence about a subscriber says nothing until the data is back."""
+
+
 # Finds the profile owning a canonical identity; raises UnavailableError or ProfileError.
 Lookup = Callable[[str], Profile | None]
 # The devices registered for an AOR, each as the families its Contact's feature tags name.
@@ -129,6 +134,7 @@ ADDRESSED_TO_AS = "addressed-to-as"
 FOREIGN = Decision(Action.REJECT, "foreign-domain", 403, "Relaying Forbidden")
 NOT_A_SUBSCRIBER = Decision(Action.REJECT, "not-a-subscriber", 404, "Not Found")
 PROFILE_UNAVAILABLE = Decision(Action.REJECT, "profile-unavailable", 503, "Service Unavailable")
+STORE_NOT_READY = Decision(Action.REJECT, "store-not-ready", 503, "Service Unavailable")
 
 
 def plan(
@@ -163,9 +169,10 @@ def plan(
     except (UnavailableError, ProfileError) as error:
         lenient = rules.deliver_on_profile_error or service is Service.NONE or token is not None
         decision = Decision(Action.DELIVER, "profile-unavailable-deliver")
+        failed = STORE_NOT_READY if isinstance(error, NotReadyError) else PROFILE_UNAVAILABLE
         return Plan(
             service,
-            decision if lenient else PROFILE_UNAVAILABLE,
+            decision if lenient else failed,
             identity,
             warnings=(*warnings, f"profile of {identity} unavailable: {error}"),
             untrusted=untrusted,

@@ -20,6 +20,7 @@ import redis
 
 from ..core.identity import IdentityError, canonical
 from ..core.profile import Profile, ProfileError
+from ..core.routing import NotReadyError
 from ..settings import Settings, SettingsError, load_settings
 from ..store.redis import StoreError, connect
 from .provision import ConflictError, InputError, Provisioning
@@ -134,6 +135,8 @@ def stored(cli: Context, uri: str) -> Profile:
         found = cli.provisioning.store.lookup(identity_of(uri))
     except ProfileError as error:
         raise CliError(f"stored profile of {uri} is invalid: {error}", EXIT_INVALID) from None
+    except NotReadyError:  # an empty store, to be written to
+        found = None
     if found is None:
         not_found(uri)
     return found

@@ -47,16 +47,11 @@ class Conversations:
     def restore(self, subscriber: str) -> None:
         """An SMS user's reply to `subscriber` from the IP-SM-GW: its CPM headers back."""
         present = {name: value for name in HEADERS if (value := pv(f"$hdr({name})"))}
-        parties = subscriber, self._party(pv("$fu"))
+        new = conversation.fresh()
         try:
-            remembered = self._store.recall(*parties)
-        except StoreError as error:
+            added = self._store.exchange(subscriber, self._party(pv("$fu")), present, new)
+        except StoreError as error:  # still a conversation of its own, pointing at nothing
             KSR.warn(f"cpmiw: conversation not recalled call-id={pv('$ci')}: {error}\n")
-            remembered = None
-        added, state = conversation.headers_to_add(present, remembered)
+            added = conversation.headers_to_add(present, None, new)
         for name, value in added:
             KSR.hdr.append(f"{name}: {value}\r\n")
-        try:
-            self._store.remember(*parties, state)
-        except StoreError as error:
-            KSR.warn(f"cpmiw: conversation not kept call-id={pv('$ci')}: {error}\n")

@@ -14,6 +14,7 @@ from ..settings import Settings, load_settings
 from ..store.cache import CachedProfiles
 from ..store.conversations import ConversationStore
 from ..store.credentials import CredentialReader
+from ..store.guard import Guard
 from ..store.markers import HonouredMarkers
 from ..store.profiles import ProfileStore
 from ..store.redis import Connections, connect, parse_url
@@ -38,26 +39,35 @@ class Handlers:
         self._watcher: ChangeWatcher | None = None
         self._admission: registrations.Admission | None = None
         self._memory = MemoryWatcher()  # used by the memory watcher's process only
+        self._guard: Guard | None = None
 
     def child_init(self, _rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
         settings = self.settings
         client = connect(settings.redis_url, settings.redis_timeout)
         store = ProfileStore(client)
+        # Every Redis call made for a request: one time budget, one breaker (store/guard.py).
+        self._guard = Guard(
+            Connections(client),
+            timeout=settings.redis_timeout,
+            slow=settings.redis_slow,
+            backoff=settings.redis_backoff,
+        )
+        self._guard.warm()
         # Routing asks the worker's cache; Redis only on a miss (store/cache.py). The change
         # stamp it compares is the one read with the request (facts.py).
         profiles = CachedProfiles(
             store,
+            self._guard,
             lambda: self._initial.stamp_seen if self._initial else "",
             capacity=settings.cache_entries,
             max_age=settings.cache_max_age,
-            backoff=settings.redis_backoff,
         )
         conversations = Conversations(
-            ConversationStore(client, settings.conversation_ttl), profiles
+            ConversationStore(self._guard, settings.conversation_ttl), profiles
         )
         deliverer = Deliverer(settings, conversations)
-        honoured = HonouredMarkers(Connections(client).execute, settings.marker_ttl)
+        honoured = HonouredMarkers(self._guard.execute, settings.marker_ttl)
         self._handoff = HandOff(settings, deliverer, conversations, honoured)
         registered = RegisteredDevices()
         memo = Memo(settings.memo_ttl, settings.rules.as_addresses, registered)
@@ -65,23 +75,23 @@ class Handlers:
             settings, profiles, registered, deliverer, self._handoff, memo
         )
         # REGISTERs read credentials within the same time budget and breaker as look-ups.
-        self._admission = registrations.Admission(
-            settings, CredentialReader(client, profiles.breaker)
-        )
+        self._admission = registrations.Admission(settings, CredentialReader(self._guard))
         # Used by the change watcher's process only; opens its connection on first use.
         self._watcher = ChangeWatcher(store.signal(CHANGE_WAIT), settings.redis_backoff)
         return 0
 
     def route_initial(self, _msg: object) -> int:
         """request_route: every initial request but REGISTER."""
-        assert self._initial is not None, "child_init made it"
-        self._initial.route()
+        assert self._initial is not None and self._guard is not None, "child_init made them"
+        with self._guard.request():
+            self._initial.route()
         return 1
 
     def admit_register(self, _msg: object) -> int:
         """request_route: may this REGISTER bind? 1: kamailio.cfg saves it; -1: answered."""
-        assert self._admission is not None, "child_init made it"
-        return 1 if self._admission.admit() else -1
+        assert self._admission is not None and self._guard is not None, "child_init made them"
+        with self._guard.request():
+            return 1 if self._admission.admit() else -1
 
     def registered(self, _msg: object) -> int:
         """request_route, after a REGISTER was saved and before its 200 is sent."""
@@ -90,8 +100,9 @@ class Handlers:
 
     def as_failed(self, _msg: object) -> int:
         """failure_route[AS_FAILURE]: the AS's default handling."""
-        assert self._handoff is not None, "child_init made it"
-        self._handoff.failed()
+        assert self._handoff is not None and self._guard is not None, "child_init made them"
+        with self._guard.request():
+            self._handoff.failed()
         return 1
 
     def watch_changes(self, _msg: object) -> int:

@@ -22,13 +22,14 @@ needs Redis 7.4 for it, Debian 12 ships 7.0.
   for every request queued behind it. After every `FREEZE_EVERY` insertions the worker moves
   what it holds to the permanent generation (gc.freeze); refcounting still frees an evicted
   profile, which has no reference cycles.
-- Failures: a failed Redis call opens a circuit breaker for `backoff`; while it is open no
-  request waits on Redis: cached answers (even past `max_age`) are served, the rest raise
-  StoreError at once (the caller's fail policy applies). The first request after `backoff` tries
-  Redis again, so the worker recovers by itself: within `backoff` of Redis's return, or twice
-  that when a connection the restart closed fails once more; a stream read that failed is tried
-  again then too. A Redis that hangs costs at most one request per worker and `backoff` a wait
-  of the client's socket timeout.
+- Failures: every Redis call goes through the worker's guard (store/guard.py: a time budget
+  per request, a breaker opened by a failure or a late reply). While Redis cannot be asked no
+  request waits on it: cached answers (even past `max_age`) are served, the rest raise
+  StoreError at once (the caller's fail policy applies); a stream read that failed is tried
+  again with the next look-up after the breaker's backoff.
+- A store that is empty or was wiped (no epoch, store/profiles.py) is not a store where nobody
+  exists: its look-ups raise NotReadyError, never cached, and what the cache holds stays until
+  the data is back (a write sets a new epoch, and everything is forgotten then).
 """
 
 from __future__ import annotations
@@ -36,32 +37,16 @@ from __future__ import annotations
 import gc
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from .. import metrics
 from ..core.profile import Profile, ProfileError
-from ..store.redis import StoreError
+from ..core.routing import NotReadyError, UnavailableError
+from .guard import Guard
 from .profiles import ProfileStore
 
 Clock = Callable[[], float]
 FREEZE_EVERY = 1024  # cache insertions between two gc.freeze() calls
-
-
-class Breaker:
-    """After a failure, the guarded service is not called again for `backoff` seconds."""
-
-    def __init__(self, backoff: float, clock: Clock) -> None:
-        self._backoff = backoff
-        self._clock = clock
-        self._closed_at = 0.0  # clock value from which calls may go through again
-
-    @property
-    def open(self) -> bool:
-        return self._clock() < self._closed_at
-
-    def failed(self) -> None:
-        self._closed_at = self._clock() + self._backoff
 
 
 class CachedProfiles:
@@ -74,20 +59,19 @@ class CachedProfiles:
     def __init__(
         self,
         store: ProfileStore,
+        guard: Guard,
         published: Callable[[], str],
         *,
         capacity: int,
         max_age: float,
-        backoff: float,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._store = store
+        self._guard = guard
+        self._reader = store.reader(guard)
         self._published = published
-        self._reader = store.reader()
         self._capacity = capacity
         self._max_age = max_age
         self._clock = clock
-        self.breaker = Breaker(backoff, clock)
         # identity -> (fetched at, profile or None); most recently used last
         self._entries: OrderedDict[str, tuple[float, Profile | None]] = OrderedDict()
         self._synced_to: str | None = None  # the published value the stream was last read for
@@ -101,7 +85,7 @@ class CachedProfiles:
     def lookup(self, identity: str) -> Profile | None:
         """The profile owning the canonical `identity`, or None; StoreError, ProfileError."""
         published = self._published()
-        if published != self._synced_to and not self.breaker.open:
+        if published != self._synced_to and not self._guard.open:
             self._synchronise(published)
         now = self._clock()
         entry = self._entries.get(identity)
@@ -110,15 +94,15 @@ class CachedProfiles:
             metrics.count_lookup("hit")
             return entry[1]
         try:
-            profile = self._fetch(identity)
-        except StoreError:
+            profile = self._reader.lookup(identity)
+        except UnavailableError as error:
             if entry is None:
-                metrics.count_lookup("error")
+                metrics.count_lookup("not-ready" if isinstance(error, NotReadyError) else "error")
                 raise
             metrics.count_lookup("hit")  # past max_age, but better than failing while Redis is out
             return entry[1]
         except ProfileError:
-            metrics.count_lookup("error")
+            metrics.count_lookup("invalid")
             raise
         metrics.count_lookup("miss")
         self._entries[identity] = (now, profile)
@@ -131,19 +115,15 @@ class CachedProfiles:
             gc.freeze()
         return profile
 
-    def _fetch(self, identity: str) -> Profile | None:
-        if self.breaker.open:
-            raise StoreError("redis unavailable (circuit open after a failure)")
-        with self._round_trip():
-            return self._reader.lookup(identity)
-
     def _synchronise(self, published: str) -> None:
         """Forgets what changed since the stream was last read; on failure, tries again later."""
         try:
-            with self._round_trip():
-                changes = self._store.changes(self._cursor)
-        except StoreError:
+            changes = self._reader.changes(self._cursor)
+        except UnavailableError:
             return  # the breaker is open: cached answers are served meanwhile
+        if not changes.epoch:  # wiped: what is cached stays, the best there is until data is back
+            self._synced_to = published
+            return
         replaced = self._epoch is not None and changes.epoch != self._epoch
         if replaced or changes.identities is None:
             self._entries.clear()
@@ -152,17 +132,3 @@ class CachedProfiles:
                 self._entries.pop(identity, None)
         self._epoch, self._cursor = changes.epoch, changes.cursor
         self._synced_to = published
-
-    @contextmanager
-    def _round_trip(self) -> Iterator[None]:
-        """Times one synchronous Redis call for the metrics; a StoreError opens the breaker."""
-        started = time.perf_counter()
-        failed = False
-        try:
-            yield
-        except StoreError:
-            failed = True
-            self.breaker.failed()
-            raise
-        finally:
-            metrics.observe_redis(time.perf_counter() - started, failed)

@@ -20,19 +20,17 @@ written in one MULTI/EXEC on one server (or Sentinel's master); on Cluster each 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from typing import cast
 
 import redis
 from redis.cluster import RedisCluster
 
-from .. import metrics
 from ..core import credential as model
 from ..core.credential import Credential, CredentialError
-from .cache import Breaker
+from .guard import Guard
 from .profiles import CHUNK, PREFIX, bucket, ready_key
-from .redis import FAILURES, Client, Connections, StoreError, is_cluster, text
+from .redis import FAILURES, Client, DataError, StoreError, is_cluster, text
 
 _KIND = ":credential:"
 
@@ -106,32 +104,21 @@ def _checked(identity: str, raw: bytes | str) -> Credential:
 
 
 class CredentialReader:
-    """A worker's credential look-ups: one round trip each on its own connection, guarded by
-    the worker's breaker (after a failure, no Redis call for the breaker's backoff)."""
+    """A worker's credential look-ups: one round trip each through the worker's guard (its
+    connections, the request's time budget, the breaker shared with the profile look-ups)."""
 
-    def __init__(self, client: Client, breaker: Breaker) -> None:
-        self._connections = Connections(client)
-        self._breaker = breaker
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
 
     def get(self, identity: str) -> Credential | None:
         """As CredentialStore.get; StoreError when Redis fails, the breaker is open or the
         store is not ready (a miss costs a second round trip, to the marker)."""
-        if self._breaker.open:
-            raise StoreError("redis unavailable (circuit open after a failure)")
         key = credential_key(identity)
-        started = time.perf_counter()
-        failed = False
         try:
-            raw = self._connections.execute(key, "GET", key)
-            ready = raw is not None or self._connections.execute(key, "EXISTS", ready_key(key))
-        except StoreError:
-            failed = True
-            self._breaker.failed()
-            raise
-        except redis.ResponseError as error:  # one subscriber's bad key fails no one else
+            raw = self._guard.execute(key, "GET", key)
+            ready = raw is not None or self._guard.execute(key, "EXISTS", ready_key(key))
+        except DataError as error:  # one subscriber's bad key fails no one else
             raise CredentialError(f"stored credential is not a string: {error}") from None
-        finally:
-            metrics.observe_redis(time.perf_counter() - started, failed)
         if not ready:
             raise StoreError("profile store not ready (its readiness marker is missing)")
         return None if raw is None else _checked(identity, raw)

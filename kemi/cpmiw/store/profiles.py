@@ -44,11 +44,14 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..core import profile as profile_model
-from ..core.profile import Profile
+from ..core.profile import Profile, ProfileError
+from ..core.routing import NotReadyError
+from .guard import Guard, Script
 from .redis import (
     FAILURES,
     Client,
     Connections,
+    DataError,
     StoreError,
     is_cluster,
     socket_timeout,
@@ -100,9 +103,21 @@ redis.call('SET', KEYS[2], ARGV[1], 'NX')
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 """
 
+# A look-up, in one round trip on one shard: is the identity's bucket ready (its marker set: a
+# Redis restarted empty, wiped or a lost shard has none), then its key, checked for its type, so
+# that a bad key is told from a missing one. Replies: {'found', profile}, {'none'},
+# {'not-ready'}, {'wrong-type', type}.
+_LOOKUP = Script("""
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'not-ready'} end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return {'none'} end
+if kind ~= 'string' then return {'wrong-type', kind} end
+return {'found', redis.call('GET', KEYS[1])}
+""")
+
 # One round trip per stream read. Returns the epoch, the stream's first and last entry ids, and
 # the entries after the cursor (at most ARGV[2]); no entries when the cursor is the last.
-_CHANGES_SINCE = """
+_CHANGES_SINCE = Script("""
 local epoch = redis.call('GET', KEYS[2]) or ''
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local last_id = last and last[1] or '0-0'
@@ -110,7 +125,7 @@ if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, last_id, last_id, {}}
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return {epoch, first and first[1] or '0-0', last_id, entries}
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -133,18 +148,27 @@ class ProfileStore:
         self._cluster = is_cluster(client)
         self._record_change = client.register_script(_RECORD_CHANGE)
         self._mark_ready = client.register_script(_MARK_READY)
-        self._changes_since = client.register_script(_CHANGES_SINCE)
+        self._lookup = client.register_script(_LOOKUP.source)
+        self._changes_since = client.register_script(_CHANGES_SINCE.source)
 
     def lookup(self, identity: str) -> Profile | None:
         """The profile of the subscriber that owns the canonical `identity`, or None.
 
-        Raises StoreError when Redis fails and ProfileError when the stored profile is invalid.
+        Raises StoreError when Redis fails, NotReadyError when the identity's part of the store
+        holds no data set (empty, wiped, a shard lost), ProfileError when this identity's data is
+        unusable: a key of the wrong type, a profile that does not validate or does not list the
+        identity it is stored under.
         """
+        key = identity_key(identity)
         try:
-            raw = self._client.get(identity_key(identity))
+            reply = self._lookup(keys=[key, ready_key(key)])
+        except redis.ResponseError as error:
+            if str(error).startswith("WRONGTYPE"):  # changed type while the script ran
+                raise ProfileError(f"redis: {error}") from None
+            raise StoreError(f"redis: {error}") from error
         except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
-        return None if raw is None else profile_model.decode(raw)
+        return _found(identity, reply)
 
     def copies(self, identities: Sequence[str]) -> list[bytes | None]:
         """What is stored under each identity (a profile's JSON), None where nothing is."""
@@ -190,7 +214,10 @@ class ProfileStore:
 
     def delete(self, identity: str) -> bool:
         """Removes the subscriber owning `identity`, with all its copies; False if none."""
-        found = self.lookup(identity)
+        try:
+            found = self.lookup(identity)
+        except NotReadyError:  # an empty store
+            return False
         if found is None:
             return False
         self._write({}, [identity_key(alias) for alias in found.aliases], found.aliases)
@@ -270,30 +297,18 @@ class ProfileStore:
         entries are pending, or when an entry says so (a bulk write). Raises StoreError.
         """
         try:
-            epoch, first, last, entries = self._changes_since(
-                keys=[CHANGES, EPOCH], args=[cursor or "", limit]
-            )
+            reply = self._changes_since(keys=[CHANGES, EPOCH], args=[cursor or "", limit])
         except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
-        epoch, last = text(epoch), text(last)
-        if cursor is None or cursor == last:
-            return Changes(epoch, last, frozenset())
-        ids = [text(entry_id) for entry_id, _ in entries]
-        # An entry after the cursor trimmed away, or the stream deleted: anything may be lost.
-        trimmed = cursor != "0-0" and _stream_id(text(first)) > _stream_id(cursor)
-        behind = trimmed or last == "0-0"
-        if behind or not ids or ids[-1] != last:
-            return Changes(epoch, last, None)  # trimmed, deleted, or too far behind
-        touched = {text(f) for _, fields in entries for f in fields[::2]}
-        return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
+        return _changes(cursor, reply)
 
     def signal(self, wait: float) -> ChangeSignal:
         """The change watcher's reader of the stamp; `wait`: the longest a wait() blocks (s)."""
         return ChangeSignal(self, self._client, wait)
 
-    def reader(self) -> Reader:
-        """Look-ups on a connection of their own (one per worker): half the client's CPU."""
-        return Reader(self._client)
+    def reader(self, guard: Guard) -> Reader:
+        """Look-ups through a worker's guard, on its own connections: half the client's CPU."""
+        return Reader(guard)
 
 
 def _raw(value: bytes | str) -> bytes:
@@ -308,19 +323,55 @@ def _change_entry(identities: set[str] | frozenset[str]) -> list[str | int]:
 
 
 class Reader:
-    """A worker's profile look-ups (ProfileStore.reader()): one round trip each, no pool."""
+    """A worker's profile look-ups (ProfileStore.reader()): one guarded round trip each."""
 
-    def __init__(self, client: Client) -> None:
-        self._connections = Connections(client)
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
 
     def lookup(self, identity: str) -> Profile | None:
-        """As ProfileStore.lookup: StoreError when Redis fails, ProfileError when invalid."""
+        """As ProfileStore.lookup, within the worker's time budget and breaker."""
         key = identity_key(identity)
         try:
-            raw = self._connections.execute(key, "GET", key)
-        except redis.ResponseError as error:  # a key of another type: tampered with by hand
-            raise StoreError(f"redis: {error}") from error
-        return None if raw is None else profile_model.decode(raw)
+            reply = self._guard.script(_LOOKUP, [key, ready_key(key)])
+        except DataError as error:  # the key changed type while the script ran
+            raise ProfileError(str(error)) from None
+        return _found(identity, reply)
+
+    def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
+        """As ProfileStore.changes, within the worker's time budget and breaker."""
+        reply = self._guard.script(_CHANGES_SINCE, [CHANGES, EPOCH], [cursor or "", limit])
+        return _changes(cursor, reply)
+
+
+def _found(identity: str, reply: list[bytes]) -> Profile | None:
+    """The look-up script's reply, read (see ProfileStore.lookup)."""
+    status = reply[0]
+    if status == b"found":
+        found = profile_model.decode(reply[1])
+        if identity not in found.aliases:
+            raise ProfileError(f"the profile stored under it is {found.subscriber}'s, without it")
+        return found
+    if status == b"none":
+        return None
+    if status == b"not-ready":
+        raise NotReadyError("profile store not ready: empty or wiped (no readiness marker)")
+    raise ProfileError(f"its key holds a {text(reply[1])}, not a profile")
+
+
+def _changes(cursor: str | None, reply: list[Any]) -> Changes:
+    """The changes script's reply, read (see ProfileStore.changes)."""
+    epoch, first, last, entries = reply
+    epoch, last = text(epoch), text(last)
+    if cursor is None or cursor == last:
+        return Changes(epoch, last, frozenset())
+    ids = [text(entry_id) for entry_id, _ in entries]
+    # An entry after the cursor trimmed away, or the stream deleted: anything may be lost.
+    trimmed = cursor != "0-0" and _stream_id(text(first)) > _stream_id(cursor)
+    behind = trimmed or last == "0-0"
+    if behind or not ids or ids[-1] != last:
+        return Changes(epoch, last, None)  # trimmed, deleted, or too far behind
+    touched = {text(f) for _, fields in entries for f in fields[::2]}
+    return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
 
 
 class ChangeSignal:

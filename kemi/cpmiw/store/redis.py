@@ -20,8 +20,9 @@ password to the master.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlencode
@@ -47,6 +48,14 @@ _SENTINEL_ONLY = ("sentinel_username", "sentinel_password")
 
 class StoreError(UnavailableError):
     """Redis could not be asked (down, slow, refused) or answered with an error."""
+
+
+class LateError(StoreError):
+    """Redis did not answer within the time a call had."""
+
+
+class DataError(StoreError):
+    """A key holds what the command cannot read (WRONGTYPE): that key's data failed, not Redis."""
 
 
 class UrlError(ValueError):
@@ -139,6 +148,7 @@ def connect(url: str, timeout: float) -> Client:
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 0,
+        "protocol": 2,  # RESP2: no HELLO round trip at each connection
     }
     if target.kind == "sentinel":
         sentinels = Sentinel(  # type: ignore[no-untyped-call]
@@ -208,46 +218,102 @@ class Connection:
 
     redis-py's client spends ~100 µs of CPU per scripted call on its retry wrapper, pool,
     response callbacks and Script object; sending packed commands on a connection halves that.
-    A Kamailio worker is single-threaded and needs no pool. Errors raise StoreError; the
-    connection is then dropped and opened again by the next command, as it is when the server
-    closed it while it lay unused (a restart): the first look-up after a restart does not fail.
-    It is opened with the pool's own connection class: on Sentinel that class asks the sentinels
-    for the master at each opening, so a reopened connection reaches the new master.
+    A Kamailio worker is single-threaded and needs no pool. It is opened with the pool's own
+    connection class: on Sentinel that class asks the sentinels for the master at each opening,
+    so a reopened connection reaches the new master.
+
+    A call may wait a `limit` for its reply. A reply that does not come in time is owed: the
+    connection stays open, and the reply is read and dropped when it has come, before the next
+    command. So a Redis that stopped answering (paused, stalled) costs the next call nothing: it
+    fails at once while a reply is still owed, with no new connection to wait on. `open()`
+    reconnects when there is no connection or the server closed it while it lay unused (a
+    restart): the first call after a restart does not fail. A failed connection raises
+    StoreError (LateError for a reply that did not come in time); a command Redis refused raises
+    its ResponseError, and the connection stays usable.
     """
 
     IDLE = 0.1  # s unused after which a connection is checked before it is used
+    OWED = 16  # replies owed at most; past that the connection is dropped
+    CATCH_UP = 0.001  # s for the rest of an owed reply that has begun to come
 
     def __init__(self, pool: redis.ConnectionPool, **options: float) -> None:
         """`options` override the pool's connection settings (socket_timeout)."""
-        self._connection = pool.connection_class(**{**pool.connection_kwargs, **options})
+        # No CLIENT SETINFO: with RESP2 (connect()) a connection then costs no round trip
+        # unless it authenticates or selects a database.
+        settings = {**pool.connection_kwargs, "driver_info": None, **options}
+        self._connection = pool.connection_class(**settings)
         self._used_at: float | None = None  # last command since the last (re)connection
+        self._owed = 0  # replies of commands whose caller gave up waiting
 
-    def pack(self, *args: str | int) -> list[bytes]:
-        return self._connection.pack_command(*args)  # type: ignore[no-any-return]
+    def open(self, limit: float | None = None) -> None:
+        """Makes the connection ready for a command: drops owed replies, connects if needed.
 
-    def send(self, packed: list[bytes]) -> None:
-        """Sends a packed command; no reply may be pending."""
-        now = time.monotonic()
-        if self._used_at is not None and now - self._used_at > self.IDLE:
+        Each step of a connection (TCP, TLS, AUTH, SELECT) waits at most `limit` s. StoreError
+        when no connection can be made, LateError when Redis still owes a reply.
+        """
+        if self._used_at is not None and (
+            self._owed or time.monotonic() - self._used_at > self.IDLE
+        ):
+            self._catch_up()
+        if self._used_at is None:
+            if limit is not None:
+                self._connection.socket_timeout = limit
+                self._connection.socket_connect_timeout = limit
             try:
-                closed = self._connection.can_read(timeout=0)  # nothing is due but an end
-            except redis.RedisError:
-                closed = True
-            if closed:
-                self.disconnect()
-        try:
-            if self._used_at is None:
                 # Opened through connect(), which Sentinel's connection class overrides to find
                 # the master (sending on a closed connection would reopen it to the last host).
                 self._connection.connect()
-            self._connection.send_packed_command(packed, check_health=False)
+            except redis.RedisError as error:
+                self.disconnect()
+                raise StoreError(f"redis: {error}") from error
+            self._used_at = time.monotonic()
+        if self._owed:
+            raise LateError("redis: no reply yet to an earlier command")
+
+    def _catch_up(self) -> None:
+        """Drops the owed replies that have come; finds a connection the server closed."""
+        try:
+            while self._connection.can_read(timeout=0):
+                if not self._owed:  # nothing is due but an end: the server closed it
+                    self.disconnect()
+                    return
+                with contextlib.suppress(redis.ResponseError):  # an owed reply all the same
+                    self._connection.read_response(timeout=self.CATCH_UP)
+                self._owed -= 1
+        except redis.RedisError:
+            self.disconnect()
+            return
+        if self._owed > self.OWED:
+            self.disconnect()
+
+    def call(
+        self,
+        args: Sequence[str | int],
+        deadline: float | None = None,
+        reply_within: float | None = None,
+    ) -> Any:
+        """Sends one command and reads its reply; ResponseError when Redis refused it.
+
+        Nothing waits past `deadline` (time.monotonic()), and the reply at most `reply_within`
+        s once sent; None: the socket timeout.
+        """
+        self.open(_left(deadline))
+        wait = _left(deadline)
+        if reply_within is not None:
+            wait = reply_within if wait is None else min(wait, reply_within)
+        try:
+            self._connection.send_packed_command(
+                self._connection.pack_command(*args), check_health=False
+            )
         except redis.RedisError as error:
             self.disconnect()
             raise StoreError(f"redis: {error}") from error
-        self._used_at = now
-
-    def read(self) -> Any:  # a RESP reply: bytes, int, list or None
+        self._used_at = time.monotonic()
         try:
+            # Waited for before it is parsed: a reply that is late is owed, never half read.
+            if wait is not None and not self._connection.can_read(timeout=wait):
+                self._owed += 1
+                raise LateError(f"redis: no reply within {wait * 1000:.0f} ms")
             return self._connection.read_response()
         except redis.ResponseError:
             raise  # the command failed, the connection is fine
@@ -258,6 +324,7 @@ class Connection:
     def disconnect(self) -> None:
         self._connection.disconnect()
         self._used_at = None
+        self._owed = 0
 
 
 class Connections:
@@ -277,34 +344,37 @@ class Connections:
         self._by_node: dict[str, Connection] = {}
         self._stale = False  # the slot map may be out of date
 
-    def execute(self, key: str, *args: str | int) -> Any:
+    def execute(
+        self,
+        key: str,
+        *args: str | int,
+        deadline: float | None = None,
+        reply_within: float | None = None,
+    ) -> Any:
         """Sends a command about `key` and reads its reply; ResponseError when it failed there,
-        StoreError when Redis could not be asked."""
+        StoreError when Redis could not be asked, LateError when it did not answer in time
+        (`deadline`, `reply_within`: as Connection.call)."""
+        within = deadline, reply_within
         connection = self._for(key)
         try:
-            return self._call(connection, args)
+            return connection.call(args, *within)
         except MovedError as error:
             if not self._cluster:
                 raise StoreError(f"redis: {error}") from error
             self._stale = True
             try:
-                return self._call(self._for(key), args)
+                return self._for(key).call(args, *within)
             except AskError as again:
                 raise StoreError(f"redis: {again}") from again
         except AskError as error:
             if not self._cluster:
                 raise StoreError(f"redis: {error}") from error
             elsewhere = self._at(f"{error.host}:{error.port}")
-            self._call(elsewhere, ("ASKING",))
-            return self._call(elsewhere, args)
+            elsewhere.call(("ASKING",), *within)
+            return elsewhere.call(args, *within)
         except StoreError:
             self._stale = self._cluster
             raise
-
-    @staticmethod
-    def _call(connection: Connection, args: tuple[str | int, ...]) -> Any:
-        connection.send(connection.pack(*args))
-        return connection.read()
 
     def disconnect(self) -> None:
         for connection in self._by_node.values():
@@ -338,6 +408,16 @@ class Connections:
                 pool = cast(redis.Redis, self._client).connection_pool
             connection = self._by_node[name] = Connection(pool, **self._options)
         return connection
+
+
+def _left(deadline: float | None) -> float | None:
+    """The seconds left until `deadline`; LateError when none are."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise LateError("redis: the time for the call is spent")
+    return left
 
 
 def socket_timeout(client: Client) -> float:

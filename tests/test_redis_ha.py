@@ -29,7 +29,7 @@ from cpmiw.store.profiles import (
     identity_key,
     ready_key,
 )
-from cpmiw.store.redis import Connections, StoreError, UrlError, connect, parse_url
+from cpmiw.store.redis import Client, Connections, StoreError, UrlError, connect, parse_url
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.topology import Cluster, SentinelSet, redis_cluster, sentinel_set
 
@@ -155,9 +155,8 @@ def test_unreachable_sentinels_fail_fast() -> None:
 # ---- Cluster ---------------------------------------------------------------------------------
 
 
-def reader_of(url: str, timeout: float) -> Reader:
+def reader_of(client: Client, timeout: float) -> Reader:
     """A worker's reader: its own connections, its guard (a short backoff, for polling)."""
-    client = connect(url, timeout)
     return ProfileStore(client).reader(
         make_guard(client, timeout=timeout, slow=timeout, backoff=0.05)
     )
@@ -175,7 +174,7 @@ def test_cluster_spreads_subscribers_and_reads_each_from_its_shard(cluster: Clus
     store.put(profiles)
     per_shard = [master.client().dbsize() for master in cluster.masters()]
     assert len(per_shard) == 3 and min(per_shard) > 100  # 600 copies, no single hash tag
-    reader = reader_of(cluster.url, 0.5)
+    reader = reader_of(connect(cluster.url, 0.5), 0.5)
     for profile in profiles[::7]:
         assert reader.lookup(profile.subscriber) == profile
         assert store.lookup(f"tel:+1555800{profiles.index(profile):04d}") == profile
@@ -194,7 +193,7 @@ def test_cluster_change_stream_tells_of_each_write(cluster: Cluster) -> None:
     assert changes.epoch == stamp.epoch != ""
     store.delete("tel:+15558100001")
     assert store.changes(changes.cursor).identities == erin.aliases
-    assert reader_of(cluster.url, 0.5).lookup(erin.subscriber) is None
+    assert reader_of(connect(cluster.url, 0.5), 0.5).lookup(erin.subscriber) is None
 
 
 def test_cli_imports_exports_and_moves_identities_on_cluster(
@@ -220,7 +219,7 @@ def test_cli_imports_exports_and_moves_identities_on_cluster(
         main, ["profile", "alias", "add", "sip:csv2@ims.example.net", "tel:+15558200001"], env=env
     )
     assert added.exit_code == 0, added.output
-    found = reader_of(cluster.url, 0.5).lookup("tel:+15558200001")
+    found = reader_of(connect(cluster.url, 0.5), 0.5).lookup("tel:+15558200001")
     assert found is not None and found.subscriber == "sip:csv2@ims.example.net"
 
 
@@ -234,8 +233,9 @@ def test_conversations_are_kept_on_cluster(cluster: Cluster) -> None:
 
 def test_reader_and_writer_follow_a_shard_failover(cluster: Cluster) -> None:
     """A master is killed: its replica takes its slots; the same reader finds them there."""
-    store = ProfileStore(connect(cluster.url, timeout=0.2))
-    reader = reader_of(cluster.url, 0.2)
+    client = connect(cluster.url, timeout=0.2)
+    store = ProfileStore(client)
+    reader = reader_of(client, 0.2)  # on the store's client: one slot map, as in a worker
     fay = make_profile("fay", "+15558300001", "cpm")
     store.put([fay])  # acknowledged by the shard's replica before put() returns
     assert reader.lookup(fay.subscriber) == fay

@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = sorted((BENCH / "results").glob("throughput-*.json"))
     source = Path(args[0]) if args else runs[-1]
     results: Results = json.loads(source.read_text())
+    if "configs" not in results:  # a run of the memory step alone
+        print(f"{source}: no throughput ladders to report")
+        return
     chart(results, BENCH / "throughput.png")
     shutil.copyfile(source, BENCH / "throughput.json")
     readme = BENCH / "README.md"

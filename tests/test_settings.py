@@ -67,7 +67,7 @@ VARIABLES: list[tuple[str, str, Read, object, object]] = [
      "redis://db.example.net:6390/2", "redis://127.0.0.1:6379/0"),
     ("CPMIW_REDIS_TIMEOUT_MS", "250", lambda s: s.redis_timeout, 0.25, 0.05),
     ("CPMIW_REDIS_BACKOFF_MS", "1500", lambda s: s.redis_backoff, 1.5, 0.5),
-    ("CPMIW_CACHE_ENTRIES", "10", lambda s: s.cache_entries, 10, 50_000),
+    ("CPMIW_CACHE_ENTRIES", "10", lambda s: s.cache_entries, 10, 20_000),
     ("CPMIW_CACHE_MAX_AGE", "60", lambda s: s.cache_max_age, 60, 300),
     ("CPMIW_IM_AS", "sip:im-as.example.net", lambda s: s.rules.policy.im_as,
      "sip:im-as.example.net", "sip:127.0.0.3:5060"),

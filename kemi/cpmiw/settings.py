@@ -186,7 +186,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         redis_timeout=_int(env, "CPMIW_REDIS_TIMEOUT_MS", 50) / 1000,
         redis_backoff=_int(env, "CPMIW_REDIS_BACKOFF_MS", 500) / 1000,
         redis_slow=_int(env, "CPMIW_REDIS_SLOW_MS", 10) / 1000,
-        cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 50_000),
+        cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 20_000),
         cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
         memo_ttl=_int(env, "CPMIW_MEMO_TTL", 300, most=86400),
         marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32, most=300),

@@ -18,7 +18,7 @@ from ..store.guard import Guard
 from ..store.markers import HonouredMarkers
 from ..store.profiles import ProfileStore
 from ..store.redis import Connections, connect, parse_url
-from . import http, registrations, trusted
+from . import http, memo, registrations, trusted
 from .changes import CHANGE_WAIT, ChangeWatcher
 from .conversations import Conversations
 from .delivery import Deliverer
@@ -130,4 +130,5 @@ def mod_init() -> Handlers:
     parse_url(settings.redis_url)  # a URL naming no topology stops Kamailio here, with why
     metrics.setup(shadow=settings.shadow)
     trusted.publish(settings)
+    memo.publish(settings)
     return Handlers(settings)

@@ -24,6 +24,7 @@ from ..core import devices, memo
 from ..core.decision import Action, Decision
 from ..core.rewrite import header_edits
 from ..core.routing import Plan, Request
+from ..settings import DecisionLog, Settings
 from .registrations import RegisteredDevices
 
 TABLE = "memo"  # htable (kamailio.cfg) of the remembered outcomes
@@ -34,6 +35,13 @@ SHAPE = (
     "|$(hdr(P-Preferred-Service)[*])|$(hdr(P-Asserted-Service)[*])|$(hdr(Content-Type)[*]))"
 )
 _ITERATOR = "cpmiw_tally"
+# 1 when route[MEMO] logs each replay as the plugin logs its decisions (CPMIW_DECISION_LOG=all).
+LOGGED = "$shv(cpmiw_replays_logged)"
+
+
+def publish(settings: Settings) -> None:
+    """Tells kamailio.cfg whether to log replays; called by mod_init, before the fork."""
+    KSR.pv.seti(LOGGED, int(settings.decision_log is DecisionLog.ALL))
 
 
 def _free_enough() -> bool:

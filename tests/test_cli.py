@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import msgspec
 import pytest
 import redis
+import yaml
 from click.testing import CliRunner, Result
 from test_explain import route_through_proxy
 
@@ -472,3 +475,81 @@ def test_cli_change_reaches_every_worker_within_the_bound(net: Network) -> None:
     assert len(workers) >= 3, workers  # at least two UDP workers and a TCP one
     assert first < 1.0
     print(f"\nrequest {stale} after the write, {first * 1000:.1f} ms later, saw the change")
+
+
+# ---- kamcli's conventions: output formats, one-line errors, help, progress ----------------------
+
+
+def _commands(
+    group: click.Group, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, click.Command]]:
+    for name, command in group.commands.items():
+        yield " ".join((*path, name)), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def test_every_option_has_help_and_every_data_command_takes_f() -> None:
+    prints_data = {"profile get", "profile set", "profile list", "profile diff", "profile history",
+                   "profile schema", "profile alias add", "profile alias remove",
+                   "profile alias list", "explain"}  # fmt: skip
+    for name, command in [("", main), *_commands(main)]:
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"cpmiw {name} {param.opts}"
+        if name in prints_data:
+            assert any("-F" in p.opts for p in command.params), name
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--redis-url", "http://127.0.0.1:1/0", "profile", "list"], 2, "--redis-url"),
+        (["profile", "import", "x.csv", "--batch", "-1"], 2, "--batch"),
+        (["profile", "get"], 2, "Missing argument 'URI'"),
+        (["-F", "xml", "profile", "list"], 2, "'xml' is not one of"),
+        (["explain"], 2, "give the URI to explain, or --message FILE"),
+        (["profile", "get", "mailto:bob"], 4, "URI:"),
+        (["--redis-url", "redis://127.0.0.1:1/0", "profile", "list"], 5, "redis://127.0.0.1:1/0"),
+    ],
+)
+def test_bad_input_is_one_line_with_its_exit_status(
+    cli: Cli, args: list[str], code: int, message: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+
+
+def test_a_bad_url_in_the_installed_tool_is_one_line(tmp_path: Path) -> None:
+    cpmiw = Path(sys.executable).parent / "cpmiw"
+    result = subprocess.run(
+        [str(cpmiw), "--redis-url", "http://127.0.0.1/0", "profile", "list"],
+        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_profile_get_in_every_format(cli: Cli) -> None:
+    cli.ok("profile", "set", BOB, "--services", "im,sms")
+    as_json = json.loads(cli.ok("profile", "get", BOB, "-F", "json").stdout)
+    assert as_json["identities"] == [BOB] and as_json["services"] == ["im", "sms"]
+    assert yaml.safe_load(cli.ok("-F", "yaml", "profile", "get", BOB).stdout) == as_json
+    table = cli.ok("profile", "get", BOB, "-F", "table").stdout
+    assert '| identities   | ["sip:bob@ims.example.net"]' in table
+    assert json.loads(cli.ok("profile", "get", BOB).stdout) == as_json  # text: the JSON
+    listed = cli.ok("profile", "list", "-F", "table").stdout
+    assert BOB in listed and listed.startswith("+")
+
+
+def test_bulk_import_reports_every_phase_with_its_rate(cli: Cli, tmp_path: Path) -> None:
+    rows = "".join(f"sip:p{i}@{DOMAIN},im\n" for i in range(2500))
+    path = write(tmp_path / "phases.csv", "identities,services\n" + rows)
+    stderr = cli.ok("profile", "import", path, "--batch", "1000").stderr.splitlines()
+    assert [line.split(":")[0] for line in stderr[:3]] == [f"read {path}", "compare", "write"]
+    for line in stderr[:3]:
+        assert re.search(r": 2500/2500 in \d+\.\d s \([\d,]+/s\)$", line), line
+    assert stderr[3] == "wrote 2500 profile(s): 2500 new, 0 changed, 0 unchanged"

@@ -5,6 +5,7 @@ socket) must name the very action, rule and status of the proxy's decision log l
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -150,7 +151,8 @@ def test_explain_text_names_profile_rule_and_contacts(net: Network, recipients: 
     uri = recipients.aors["IM only"]
     result = CliRunner().invoke(main, ["explain", uri, "-s", "cpm.msg"], env=cli_env(net))
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
+    settings, *lines = result.stdout.splitlines()
+    assert settings == f"settings: the running proxy ({net.kamailio.rpc_socket})"
     assert lines[0] == f"request:  MESSAGE {uri} from unknown"
     assert lines[1:3] == ["service:  cpm.msg", f"identity: {uri}"]
     assert lines[3].startswith(f"profile:  {uri} services=im barred=false interworking=rewrite")
@@ -206,3 +208,24 @@ def test_request_from_message_reads_headers_as_the_adapter_does() -> None:
     assert request_from_message(message, "127.0.0.3").source == "127.0.0.3"
     with pytest.raises(RequestError, match="not a SIP message"):
         request_from_message(b"MESSAGE x SIP/2.0\r\nbroken line\r\n\r\n", None)
+
+
+def test_explain_decides_with_the_running_proxys_settings(
+    net: Network, recipients: Recipients
+) -> None:
+    """An environment file edited since the start (file transfer to SMS through the IP-SM-GW)
+    does not change what explain says: the proxy runs with the default (reject, 488)."""
+    edited = {**cli_env(net), "CPMIW_FT_TO_SMS": "ip_sm_gw"}
+    uri = recipients.aors["SMS only"]
+    args = ["-F", "json", "explain", uri, "-s", "cpm.filetransfer"]
+    result = CliRunner().invoke(main, args, env=edited)
+    assert result.exit_code == 0, result.output
+    explanation = json.loads(result.stdout)
+    assert explanation["settings"] == f"the running proxy ({net.kamailio.rpc_socket})"
+    assert (explanation["action"], explanation["status"]) == ("reject", 488)
+    # without the proxy, the file's settings apply, and explain says so
+    offline = CliRunner().invoke(main, [*args, "--no-registrations"], env=edited)
+    assert offline.exit_code == 0, offline.output
+    explanation = json.loads(offline.stdout)
+    assert explanation["settings"] == "the environment (Kamailio not asked)"
+    assert explanation["action"] == "to-ip-sm-gw"

@@ -201,3 +201,20 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         ),
         registration=_registration(env),
     )
+
+
+# The running proxy publishes its CPMIW_* environment in this shared variable (`pv.shvGet` over
+# the control socket), so that `cpmiw explain` and operators decide with the proxy's settings.
+PUBLISHED_VARIABLE = "cpmiw_settings"
+_SECRET_NAMES = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|_KEY\b")
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", re.I)
+
+
+def public_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The CPMIW_* variables of `env` without secrets: secret variables left out, passwords in
+    URLs masked. `load_settings` of the result gives the same settings but the secret."""
+    return {
+        name: _URL_PASSWORD.sub(r"\g<head>***@", value)
+        for name, value in sorted(env.items())
+        if name.startswith("CPMIW_") and not _SECRET_NAMES.search(name)
+    }

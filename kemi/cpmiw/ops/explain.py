@@ -9,6 +9,7 @@ for which a minimal request carrying that service is made up.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,10 @@ class Explanation:
     contacts: list[Contact] | None  # None: the proxy's registrations could not be read
     contacts_error: str = ""
     shadow: bool = False
+    settings_source: str = ""  # where the settings came from: the running proxy, or a file
+
+    def with_settings_source(self, source: str) -> Explanation:
+        return dataclasses.replace(self, settings_source=source)
 
     def _profile_line(self, profile: Profile) -> str:
         services = ",".join(f.value for f in profile.services) or "none"
@@ -121,7 +126,8 @@ class Explanation:
     def lines(self) -> list[str]:
         """The explanation for a human, one fact a line; the last line is the log's fields."""
         request, routing, decision = self.request, self.plan, self.decision
-        out = [
+        out = [f"settings: {self.settings_source}"] if self.settings_source else []
+        out += [
             f"request:  {request.method} {request.ruri} from {request.source or 'unknown'}",
             f"service:  {routing.service.value}",
         ]
@@ -161,6 +167,7 @@ class Explanation:
             "target": decision.target,
             "warnings": list(self.plan.warnings),
             "shadow": self.shadow,
+            "settings": self.settings_source,
         }
 
 

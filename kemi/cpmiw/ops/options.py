@@ -7,7 +7,6 @@ its exit status says which kind (EXIT_*); Redis failures anywhere in a command b
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,10 +21,13 @@ from ..core.identity import IdentityError, canonical
 from ..core.profile import Profile, ProfileError
 from ..core.routing import NotReadyError
 from ..settings import Settings, SettingsError, load_settings
+from ..store.profiles import Audit
 from ..store.redis import StoreError, connect
+from .output import render
 from .provision import ConflictError, InputError, Provisioning
 
 EXIT_DIFFERENT = 1  # `profile diff`: the file and Redis differ (as diff(1) says)
+EXIT_USAGE = 2  # a bad option, argument or option value (click's own code for usage errors)
 EXIT_NOT_FOUND = 3  # no such subscriber or identity
 EXIT_INVALID = 4  # bad input: a record, a field, a URI, a service name
 EXIT_UNAVAILABLE = 5  # Redis or Kamailio could not be reached
@@ -56,7 +58,12 @@ class Context:
     rpc_socket: str
     output: str
     debug: bool
+    config: Path | None = None
     _provisioning: Provisioning | None = None
+
+    @property
+    def config_name(self) -> str:
+        return f"{self.config} and the environment" if self.config else "the environment"
 
     @property
     def provisioning(self) -> Provisioning:
@@ -64,19 +71,27 @@ class Context:
             self._provisioning = Provisioning(connect(self.redis_url, timeout=10.0))
         return self._provisioning
 
-    def settings(self) -> Settings:
+    def settings(self, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings of `env` (default: the file and the environment), with our Redis."""
         try:
-            return load_settings({**self.env, "CPMIW_REDIS_URL": self.redis_url})
+            return load_settings(
+                {**(self.env if env is None else env), "CPMIW_REDIS_URL": self.redis_url}
+            )
         except SettingsError as error:
             raise CliError(str(error), EXIT_INVALID) from None
 
     def emit(self, data: object, text: Callable[[], Iterator[str]]) -> None:
-        """Prints `data` as JSON with -F json, else the lines `text` yields."""
-        if self.output == "json":
-            click.echo(json.dumps(data, indent=2))
-        else:
-            for line in text():
-                click.echo(line)
+        """Prints `data` (JSON builtins) in the -F format; `text` yields the text form's lines."""
+        fmt = click.get_current_context().meta.get("cpmiw.output", self.output)
+        printed = render(data, fmt, text)
+        if printed:
+            click.echo(printed)
+
+    def audit(self, reason: str | None, *arguments: str) -> Audit:
+        """Who is writing (this user and host), why, and with which command (and arguments)."""
+        path = click.get_current_context().command_path.split()[1:]  # without the program's name
+        command = " ".join(["cpmiw", *path, *arguments])
+        return Audit(reason=reason or "", command=command)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -116,6 +131,27 @@ class Group(click.Group):
             raise CliError(f"{cli.redis_url}: {error}", EXIT_UNAVAILABLE) from None
 
 
+class Main(Group):
+    """The top group: every error, usage errors included, is one line with its exit status."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.UsageError as error:
+            hint = f" (see '{error.ctx.command_path} -h')" if error.ctx else ""
+            click.echo(f"error: {error.format_message()}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.exceptions.Exit as done:  # --help, --version
+            sys.exit(done.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+
+
 pass_context = click.make_pass_decorator(Context)
 
 
@@ -143,14 +179,15 @@ def stored(cli: Context, uri: str) -> Profile:
 
 
 @contextmanager
-def input_errors() -> Iterator[None]:
-    """Bad records and conflicting identities: one line naming where, and their exit status."""
+def input_errors(after: str = "") -> Iterator[None]:
+    """Bad records and conflicting identities: one line naming where (then `after`), and their
+    exit status."""
     try:
         yield
     except ConflictError as error:
-        raise CliError(str(error), EXIT_CONFLICT) from None
+        raise CliError(f"{error}{after}", EXIT_CONFLICT) from None
     except InputError as error:
-        raise CliError(str(error), EXIT_INVALID) from None
+        raise CliError(f"{error}{after}", EXIT_INVALID) from None
 
 
 def read_source(source: str) -> bytes:

@@ -20,6 +20,7 @@ from ..core import profile as profile_model
 from ..core.identity import canonical
 from ..core.profile import AsFailure, Interworking, Profile, ProfileError
 from ..store.credentials import CredentialStore
+from ..store.profiles import Audit
 from ..store.redis import StoreError
 from .options import (
     EXIT_DIFFERENT,
@@ -36,6 +37,7 @@ from .options import (
     read_source,
     stored,
 )
+from .output import Progress, output_option
 from .provision import (
     FORMATS,
     Change,
@@ -80,13 +82,16 @@ DRY_RUN = click.option(
 )
 
 
-def _write(cli: Context, changes: Sequence[Change], dry_run: bool, batch: int = 0) -> None:
-    """Applies `changes` (unless dry run) and reports them in one line."""
+def _write(
+    cli: Context, changes: Sequence[Change], dry_run: bool, audit: Audit, batch: int | None = None
+) -> None:
+    """Applies `changes` (unless dry run) and reports them in one line; a bulk write (`batch`
+    given, 0 for all in one) reports its progress too."""
     counts = _summary(changes)
     prefix = "would write" if dry_run else "wrote"
     written = counts["create"] + counts["update"]
     if not dry_run:
-        _apply_batches(cli, changes, batch)
+        _apply_batches(cli, changes, batch, audit)
     click.echo(
         f"{prefix} {written} profile(s): {counts['create']} new, {counts['update']} changed,"
         f" {counts['unchanged']} unchanged",
@@ -94,19 +99,21 @@ def _write(cli: Context, changes: Sequence[Change], dry_run: bool, batch: int = 
     )
 
 
-def _apply_batches(cli: Context, changes: Sequence[Change], batch: int) -> None:
+def _apply_batches(
+    cli: Context, changes: Sequence[Change], batch: int | None, audit: Audit
+) -> None:
+    """Writes the new and changed profiles, one transaction per batch, with progress."""
     pending = [c for c in changes if c.kind in ("create", "update")]
     size = batch or len(pending) or 1
-    done = 0
-    for start in range(0, len(pending), size):
-        try:
-            cli.provisioning.apply(pending[start : start + size])
-        except (redis.RedisError, StoreError) as error:
-            raise CliError(
-                f"{cli.redis_url}: {error} ({done} of {len(pending)} profiles written before)",
-                EXIT_UNAVAILABLE,
-            ) from None
-        done += len(pending[start : start + size])
+    with Progress("write", len(pending), quiet=batch is None) as progress:
+        for start in range(0, len(pending), size):
+            written = f"{progress.done} of {len(pending)} profiles written before"
+            try:
+                with input_errors(f" ({written})"):
+                    cli.provisioning.apply(pending[start : start + size], audit)
+            except (redis.RedisError, StoreError) as error:
+                raise CliError(f"{cli.redis_url}: {error} ({written})", EXIT_UNAVAILABLE) from None
+            progress.update(len(pending[start : start + size]))
 
 
 # ---- profile ----------------------------------------------------------------------------------
@@ -119,20 +126,60 @@ def profile() -> None:
 
 @profile.command("get")
 @click.argument("uri")
+@output_option
 @pass_context
 def profile_get(cli: Context, uri: str) -> None:
-    """Print the profile of the subscriber owning URI, as JSON (alias: show)."""
-    click.echo(_as_json(stored(cli, uri)))
+    """Print the profile of the subscriber owning URI (text: JSON) (alias: show)."""
+    found = stored(cli, uri)
+    cli.emit(msgspec.to_builtins(found), lambda: iter([_as_json(found)]))
+
+
+@profile.command("history")
+@click.argument("uri")
+@output_option
+@pass_context
+def profile_history(cli: Context, uri: str) -> None:
+    """The recorded changes of the subscriber owning URI, newest first: when, who (user@host),
+    what, the command and the reason given. A deleted subscriber's history is found by its
+    subscriber id (its first identity); see README for how long it is kept."""
+    entries = cli.provisioning.store.history(identity_of(uri))
+    if not entries:
+        not_found(uri)
+    cli.emit(entries, lambda: map(_history_line, entries))
+
+
+def _history_line(entry: Mapping[str, Any]) -> str:
+    fields = ",".join(entry.get("fields") or []) or "-"
+    reason = f" reason={json.dumps(entry['reason'])}" if entry.get("reason") else ""
+    return (
+        f"{entry.get('at')} {entry.get('user')}@{entry.get('host')} {entry.get('action')}"
+        f" fields={fields} command={json.dumps(entry.get('command', ''))}{reason}"
+    )
 
 
 _FIELD_OPTIONS = [
     click.option("--services", help="What the subscriber receives: comma-separated cpm,im,sms."),
     click.option("--barred/--not-barred", default=None, help="Bar terminating messaging (403)."),
-    click.option("--interworking", type=click.Choice([m.value for m in Interworking])),
-    click.option("--as-failure", type=click.Choice([m.value for m in AsFailure])),
+    click.option(
+        "--interworking",
+        type=click.Choice([m.value for m in Interworking]),
+        help="CPM traffic for an IM-only subscriber (and IM for CPM-only): rewrite the tag in"
+        " the proxy, send it to the IM AS, or deliver it unchanged.",
+    ),
+    click.option(
+        "--as-failure",
+        type=click.Choice([m.value for m in AsFailure]),
+        help="When an AS fails (408, 5xx, no answer): continue as if there were no AS, or"
+        " terminate with the AS's failure.",
+    ),
     click.option("--im-as", help="This subscriber's IM AS (SIP URI; 'none' for the default)."),
     click.option("--ip-sm-gw", help="This subscriber's IP-SM-GW (SIP URI; 'none': default)."),
 ]
+
+
+REASON = click.option(
+    "-r", "--reason", help="Why: recorded with the change in the subscriber's history."
+)
 
 
 def _field_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -161,9 +208,17 @@ def _with_fields(record: dict[str, Any], options: Mapping[str, Any]) -> dict[str
 @click.option("-f", "--file", "source", help="A whole profile as JSON, from a file or '-' (stdin).")
 @_field_options
 @DRY_RUN
+@REASON
+@output_option
 @pass_context
 def profile_set(
-    cli: Context, /, uri: str | None, source: str | None, dry_run: bool, **fields: Any
+    cli: Context,
+    /,
+    uri: str | None,
+    source: str | None,
+    dry_run: bool,
+    reason: str | None,
+    **fields: Any,
 ) -> None:
     """Create or change one profile (alias: add).
 
@@ -196,7 +251,7 @@ def profile_set(
         entry = entry_from(_with_fields(record, fields), where)
         changes = cli.provisioning.changes([entry])
     cli.emit([_change_json(c) for c in changes], lambda: _change_lines(changes, verb=True))
-    _write(cli, changes, dry_run)
+    _write(cli, changes, dry_run, cli.audit(reason, where))
 
 
 def _change_json(change: Change) -> dict[str, object]:
@@ -210,11 +265,13 @@ def _change_json(change: Change) -> dict[str, object]:
 @profile.command("delete")
 @click.argument("uri")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@REASON
 @pass_context
-def profile_delete(cli: Context, uri: str, dry_run: bool) -> None:
+def profile_delete(cli: Context, uri: str, dry_run: bool, reason: str | None) -> None:
     """Delete the subscriber owning URI, with all its aliases and its credential (alias: rm)."""
     found = stored(cli, uri)
-    if not dry_run and not cli.provisioning.store.delete(found.subscriber):
+    audit = cli.audit(reason, uri)
+    if not dry_run and not cli.provisioning.store.delete(found.subscriber, audit):
         not_found(uri)
     if not dry_run:  # its devices could still register
         CredentialStore(cli.provisioning.client).remove(canonical(found.registration_aor))
@@ -224,6 +281,7 @@ def profile_delete(cli: Context, uri: str, dry_run: bool) -> None:
 
 @profile.command("list")
 @click.option("-m", "--match", default="*", show_default=True, help="Glob on the subscriber id.")
+@output_option
 @pass_context
 def profile_list(cli: Context, match: str) -> None:
     """List subscribers by their canonical identity (alias: ls)."""
@@ -249,8 +307,14 @@ def _load(path: str, fmt: str | None) -> list[Entry]:
             total = count_records(data, fmt)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             raise InputError(f"{name}: not a JSON profile or list of profiles: {error}") from None
-        with click.progressbar(length=total, label=f"reading {name}", file=sys.stderr) as bar:
-            return read_entries(data, name, fmt, bar.update)
+        with Progress(f"read {name}", total) as progress:
+            return read_entries(data, name, fmt, progress.update)
+
+
+def _compare(cli: Context, entries: list[Entry]) -> list[Change]:
+    """What storing `entries` would change, read from Redis with progress."""
+    with input_errors(), Progress("compare", len(entries)) as progress:
+        return cli.provisioning.changes(entries, progress.update)
 
 
 @profile.command("import")
@@ -263,17 +327,19 @@ def _load(path: str, fmt: str | None) -> list[Entry]:
     default=0,
     help="Write in transactions of N profiles (default 0: the whole file in one).",
 )
+@REASON
 @pass_context
-def profile_import(cli: Context, path: str, fmt: str | None, dry_run: bool, batch: int) -> None:
+def profile_import(
+    cli: Context, path: str, fmt: str | None, dry_run: bool, batch: int, reason: str | None
+) -> None:
     """Store every profile of a file (JSON, JSON Lines or CSV; '-' is stdin).
 
     All or nothing: every record is checked first, and nothing is written when one is bad.
     The profiles are then written in one transaction (with --batch N, in transactions of N).
     """
     entries = _load(path, fmt)
-    with input_errors():
-        changes = cli.provisioning.changes(entries)
-    _write(cli, changes, dry_run, batch)
+    changes = _compare(cli, entries)
+    _write(cli, changes, dry_run, cli.audit(reason, path), batch)
 
 
 @profile.command("validate")
@@ -289,12 +355,12 @@ def profile_validate(cli: Context, path: str, fmt: str | None) -> None:
 @profile.command("diff")
 @click.argument("path")
 @_FORMAT_OPTION
+@output_option
 @pass_context
 def profile_diff(cli: Context, path: str, fmt: str | None) -> None:
     """What importing a file would change (exit 1 when anything would)."""
     entries = _load(path, fmt)
-    with input_errors():
-        changes = cli.provisioning.changes(entries)
+    changes = _compare(cli, entries)
     cli.emit(
         [_change_json(c) for c in changes if c.kind != "unchanged"],
         lambda: _change_lines(changes, verb=False),
@@ -332,9 +398,12 @@ def profile_export(cli: Context, output: IO[str], fmt: str | None, match: str) -
 
 
 @profile.command("schema")
-def profile_schema() -> None:
+@output_option
+@pass_context
+def profile_schema(cli: Context) -> None:
     """Print the profile's JSON Schema (the one model every command validates with)."""
-    click.echo(json.dumps(profile_model.json_schema(), indent=2))
+    schema = profile_model.json_schema()
+    cli.emit(schema, lambda: iter([json.dumps(schema, indent=2)]))
 
 
 # ---- alias ------------------------------------------------------------------------------------
@@ -357,14 +426,18 @@ def _alias_command(name: str) -> Callable[[AliasChange], click.Command]:
         @click.argument("uri")
         @click.argument("aliases", nargs=-1, required=True)
         @DRY_RUN
+        @REASON
+        @output_option
         @pass_context
-        def command(cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool) -> None:
+        def command(
+            cli: Context, uri: str, aliases: tuple[str, ...], dry_run: bool, reason: str | None
+        ) -> None:
             found = stored(cli, uri)
             record = {**msgspec.to_builtins(found), "identities": change(found, aliases)}
             with input_errors():
                 changes = cli.provisioning.changes([entry_from(record, uri)])
             cli.emit([_change_json(c) for c in changes], lambda: _change_lines(changes, verb=True))
-            _write(cli, changes, dry_run)
+            _write(cli, changes, dry_run, cli.audit(reason, uri, *aliases))
 
         return command
 
@@ -397,6 +470,7 @@ def _without_aliases(found: Profile, aliases: tuple[str, ...]) -> list[str]:
 
 @alias.command("list")
 @click.argument("uri")
+@output_option
 @pass_context
 def alias_list(cli: Context, uri: str) -> None:
     """The identities of the subscriber owning URI, as stored (alias: ls)."""

@@ -27,7 +27,7 @@ import msgspec
 
 from ..core import profile as profile_model
 from ..core.profile import Profile, ProfileError
-from ..store.profiles import ProfileStore
+from ..store.profiles import Audit, OwnerConflictError, ProfileStore
 from ..store.redis import Client
 
 FORMATS = ("json", "jsonl", "csv")
@@ -38,6 +38,7 @@ _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, 
 _AT_PATH = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<path>[^`]*)`$")
 
 Progress = Callable[[int], None]
+_COMPARED = 2_500  # records compared per step: a few MGETs each, progress between them
 
 
 class InputError(ValueError):
@@ -226,6 +227,7 @@ class Change:
     subscriber: str
     old: Profile | ProfileError | None  # None: not stored; ProfileError: stored but invalid
     new: Profile | None  # None: the subscriber is deleted
+    where: str = ""  # the record it comes from (`file:line`, or the URI given)
 
     @property
     def kind(self) -> str:
@@ -257,15 +259,25 @@ class Provisioning:
             for raw in self.store.copies(subscribers)
         ]
 
-    def changes(self, entries: Sequence[Entry]) -> list[Change]:
-        """What storing `entries` would change; raises ConflictError for a foreign identity."""
-        self._check_owners(entries)
-        subscribers = [entry.profile.subscriber for entry in entries]
-        stored = self.stored(subscribers)
-        return [
-            Change(subscriber, old, entry.profile)
-            for subscriber, old, entry in zip(subscribers, stored, entries, strict=True)
-        ]
+    def changes(self, entries: Sequence[Entry], progress: Progress | None = None) -> list[Change]:
+        """What storing `entries` would change; raises ConflictError for a foreign identity.
+
+        Reads Redis in chunks of records, calling `progress` with the records compared.
+        """
+        found: list[Change] = []
+        for start in range(0, len(entries), _COMPARED):
+            chunk = entries[start : start + _COMPARED]
+            self._check_owners(chunk)
+            subscribers = [entry.profile.subscriber for entry in chunk]
+            found += [
+                Change(subscriber, old, entry.profile, entry.where)
+                for subscriber, old, entry in zip(
+                    subscribers, self.stored(subscribers), chunk, strict=True
+                )
+            ]
+            if progress:
+                progress(len(chunk))
+        return found
 
     def _check_owners(self, entries: Sequence[Entry]) -> None:
         claims = [(e, alias) for e in entries for alias in sorted(e.profile.aliases)]
@@ -273,16 +285,20 @@ class Provisioning:
         owners = [None if raw is None else _owner(raw) for raw in copies]
         for (entry, alias), owner in zip(claims, owners, strict=True):
             if owner is not None and owner != entry.profile.subscriber:
-                raise ConflictError(
-                    f"{entry.where}: identity {alias} belongs to subscriber {owner};"
-                    " remove it there first"
-                )
+                raise _conflict(entry.where, alias, owner)
 
-    def apply(self, changes: Sequence[Change]) -> None:
-        """Writes the created and updated profiles in one transaction."""
-        profiles = [c.new for c in changes if c.kind in ("create", "update") and c.new]
-        if profiles:
-            self.store.put(profiles)
+    def apply(self, changes: Sequence[Change], audit: Audit) -> int:
+        """Writes the created and updated profiles in one transaction; how many it wrote.
+
+        The owners checked by `changes` are checked again inside the transaction: another
+        writer may have taken an identity since (ConflictError, nothing written).
+        """
+        pending = [c for c in changes if c.kind in ("create", "update") and c.new]
+        try:
+            return self.store.put([c.new for c in pending if c.new], audit=audit)
+        except OwnerConflictError as error:
+            where = next((c.where for c in pending if c.subscriber == error.subscriber), "")
+            raise _conflict(where, error.identity, error.owner) from None
 
     def subscribers(self, pattern: str = "*") -> list[str]:
         """Every stored subscriber whose canonical identity matches the glob `pattern`, sorted."""
@@ -300,6 +316,12 @@ class Provisioning:
         for subscriber, found in zip(subscribers, self.stored(subscribers), strict=True):
             if found is not None:  # deleted since the scan
                 yield subscriber, found
+
+
+def _conflict(where: str, identity: str, owner: str) -> ConflictError:
+    return ConflictError(
+        f"{where}: identity {identity} belongs to subscriber {owner}; remove it there first"
+    )
 
 
 def _owner(raw: bytes) -> str | None:

@@ -20,6 +20,7 @@ from typing import Self
 
 from ..core.devices import usrloc_key
 from ..core.services import DEVICE_TABLE, Family, families_of_text
+from ..settings import PUBLISHED_VARIABLE
 
 _MAX_DATAGRAM = 1 << 20
 # Kamailio 5.6 answers "not found" with code 500: only the messages tell it from a failure.
@@ -78,6 +79,18 @@ class KamailioRpc:
             failure = reply["error"]
             raise RpcError(f"{method}: {failure.get('message', failure)}")
         return reply.get("result")
+
+    def published_settings(self) -> dict[str, str]:
+        """The CPMIW_* environment the running plugin published at start (secrets left out)."""
+        found = self.call("pv.shvGet", PUBLISHED_VARIABLE)
+        value = found.get("value") if isinstance(found, dict) else None
+        try:
+            published = json.loads(value) if isinstance(value, str) else None
+        except ValueError:
+            published = None
+        if not isinstance(published, dict):
+            raise RpcError(f"pv.shvGet {PUBLISHED_VARIABLE}: no settings published ({value!r})")
+        return {str(name): str(setting) for name, setting in published.items()}
 
     def contacts(self, aor: str) -> list[Contact]:
         """The contacts registered for `aor` (none: an empty list), with their families."""

@@ -5,6 +5,7 @@ Every request leaves here answered or relayed: each handler catches what its con
 
 from __future__ import annotations
 
+import os
 import sys
 
 import KSR  # provided by app_python3 inside Kamailio
@@ -18,7 +19,7 @@ from ..store.guard import Guard
 from ..store.markers import HonouredMarkers
 from ..store.profiles import ProfileStore
 from ..store.redis import Connections, connect, parse_url
-from . import http, memo, registrations, trusted
+from . import http, memo, published, registrations, trusted
 from .changes import CHANGE_WAIT, ChangeWatcher
 from .conversations import Conversations
 from .delivery import Deliverer
@@ -131,4 +132,5 @@ def mod_init() -> Handlers:
     metrics.setup(shadow=settings.shadow)
     trusted.publish(settings)
     memo.publish(settings)
+    published.publish(os.environ)
     return Handlers(settings)

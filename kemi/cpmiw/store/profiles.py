@@ -7,6 +7,9 @@ Key layout (format 2, see README):
     cpmiw:2:{<bucket>}:ready           set when the store was written complete
     cpmiw:2:{changes}                  stream of changes, one entry per write: the identities
     cpmiw:2:{changes}:epoch            random token set by the first write into an empty store
+    cpmiw:2:{<bucket>}:history:<subscriber>  the subscriber's last changes (who, when, why),
+                                       newest first: HISTORY_KEPT entries, gone HISTORY_TTL
+                                       after a delete (the bucket: the subscriber's own)
 
 Why a copy under each identity: a look-up by any alias is one read of one key, so on Redis
 Cluster it goes to one shard, and a reader can never see half a subscriber (a profile without
@@ -19,9 +22,17 @@ subscribers evenly over any number of shards up to a few dozen. The change strea
 share a tag (`{changes}`), so that the stream script reads both on one shard.
 
 Writes: on one server (or Sentinel's master) one MULTI/EXEC writes every copy, drops the copies
-of identities a subscriber lost and appends the change entry. On Cluster a transaction cannot
-span shards: each copy is written by itself (atomic per key), and the change entry is appended
-after the data, so that a worker told of a change reads data that is there already. The writer
+of identities a subscriber lost, records the change in each subscriber's history and appends the
+change entry. Every key the write reads to decide (the copy under each identity it claims: who
+owns it; the copy it replaces; the copies of the identities it loses) is WATCHed first: when
+another writer changes one before the EXEC, the write starts again from fresh reads, so two
+tools writing at once never leave an identity with a subscriber that does not list it. A write
+of more than WATCH_MOST keys watches the change stream instead, which every write appends to
+(Redis 7.0's WATCH compares each key with every key the client watches already).
+
+On Cluster a transaction cannot span shards: each copy is written by itself (atomic per key),
+and the change entry is appended after the data, so that a worker told of a change reads data
+that is there already. The writer
 then waits for a replica to acknowledge (WAIT), so that a failover right after a write loses
 nothing the tool reported written.
 
@@ -34,12 +45,19 @@ replaced (a Redis restarted empty, a FLUSHALL): it forgets everything.
 
 from __future__ import annotations
 
+import functools
+import getpass
+import json
+import os
 import secrets
+import socket
+import time
 import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgspec
 import redis
 from redis.cluster import RedisCluster
 
@@ -67,6 +85,10 @@ BULK = 256  # a write touching more identities than this invalidates everything
 CHANGES_KEPT = 10_000  # approximate length of the change stream
 CHUNK = 10_000  # keys per MGET or SCAN step: one round trip each, replies of bounded size
 REPLICA_WAIT_MS = 1000  # how long a write waits for a replica's acknowledgement
+HISTORY_KEPT = 20  # changes kept per subscriber, newest first
+HISTORY_TTL = 400 * 86400  # s a deleted subscriber's history is kept
+WRITE_ATTEMPTS = 20  # tries of a write whose watched keys other writers keep changing
+WATCH_MOST = 1024  # a write of more keys watches the change stream alone
 
 
 def bucket(identity: str) -> str:
@@ -77,6 +99,11 @@ def bucket(identity: str) -> str:
 def identity_key(identity: str) -> str:
     """The key holding the profile of the subscriber owning a canonical identity."""
     return f"{PREFIX}{{{bucket(identity)}}}:id:{identity}"
+
+
+def history_key(subscriber: str) -> str:
+    """The key of a subscriber's history, in its own bucket."""
+    return f"{PREFIX}{{{bucket(subscriber)}}}:history:{subscriber}"
 
 
 def ready_key(key: str) -> str:
@@ -126,6 +153,149 @@ local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return {epoch, first and first[1] or '0-0', last_id, entries}
 """)
+
+
+# KEYS: history lists; ARGV: entries kept, the TTL (0: none, the subscriber lives), the entries.
+_HISTORY = """
+for i, key in ipairs(KEYS) do
+  redis.call('LPUSH', key, ARGV[i + 2])
+  redis.call('LTRIM', key, 0, tonumber(ARGV[1]) - 1)
+  if ARGV[2] == '0' then redis.call('PERSIST', key) else redis.call('EXPIRE', key, ARGV[2]) end
+end
+"""
+
+
+def _user() -> str:
+    """The login name; under sudo, the operator who ran it."""
+    if os.environ.get("SUDO_USER"):
+        return f"{os.environ['SUDO_USER']} (sudo)"
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (a container)
+        return f"uid {os.getuid()}"
+
+
+class OwnerConflictError(ValueError):
+    """A write would give an identity to a subscriber while another one owns it."""
+
+    def __init__(self, identity: str, owner: str, subscriber: str) -> None:
+        super().__init__(f"identity {identity} belongs to subscriber {owner}")
+        self.identity, self.owner, self.subscriber = identity, owner, subscriber
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Who changes profiles, from which host, when, why and with which command.
+
+    Recorded with every change in the subscriber's history. The default is this process's user
+    and host, so that no write goes unrecorded.
+    """
+
+    user: str = field(default_factory=_user)
+    host: str = field(default_factory=socket.gethostname)
+    reason: str = ""
+    command: str = ""
+
+    def entry(self, action: str, fields: Sequence[str], at: float) -> bytes:
+        """One history entry (JSON): `action` is create, update or delete."""
+        record = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+            "user": self.user,
+            "host": self.host,
+            "action": action,
+            "fields": list(fields),
+            "reason": self.reason,
+            "command": self.command,
+        }
+        return json.dumps(record, separators=(",", ":")).encode()
+
+
+@dataclass
+class _Plan:
+    """What a write does: copies to set, keys to drop, identities touched, history entries."""
+
+    copies: dict[str, bytes] = field(default_factory=dict)
+    gone: list[str] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    history: dict[str, bytes] = field(default_factory=dict)
+    deleted: bool = False
+
+
+_Read = Callable[[Sequence[str]], list[bytes | None]]  # values of keys (identity keys)
+_Watch = Callable[[Sequence[str]], None]  # watches more keys before MULTI
+
+
+def _owner(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return profile_model.decode(raw).subscriber
+    except ProfileError:
+        return None
+
+
+def _plan_put(
+    read: _Read,
+    watch: _Watch,
+    named: list[tuple[Profile, str, frozenset[str]]],
+    audit: Audit,
+) -> _Plan:
+    """The write of `put`, from reads made while the keys read are watched."""
+    claims = sorted({(alias, subscriber) for _, subscriber, aliases in named for alias in aliases})
+    found = read([identity_key(alias) for alias, _ in claims])
+    for (alias, subscriber), raw in zip(claims, found, strict=True):
+        owner = _owner(raw)
+        if raw is not None and owner is not None and owner != subscriber:
+            raise OwnerConflictError(alias, owner, subscriber)
+    stored = dict(zip([alias for alias, _ in claims], found, strict=True))
+    plan, now, lost = _Plan(), time.time(), set()
+    for new, subscriber, aliases in named:
+        old, encoded = stored[subscriber], profile_model.encode(new)
+        if old == encoded:
+            continue  # unchanged: not rewritten, no history, no cache disturbed
+        if old is not None:
+            lost |= {(alias, subscriber) for alias in _aliases_of(old) - aliases}
+        plan.copies.update((identity_key(alias), encoded) for alias in aliases)
+        plan.touched |= aliases
+        plan.history[subscriber] = (
+            audit.entry("create", [], now) if old is None else _update(audit, old, new, now)
+        )
+    lost_keys = [identity_key(alias) for alias, _ in sorted(lost)]
+    watch(lost_keys)  # dropped only while still theirs: a move meanwhile starts us again
+    for (alias, subscriber), key, raw in zip(sorted(lost), lost_keys, read(lost_keys), strict=True):
+        if _owner(raw) == subscriber and key not in plan.copies:
+            plan.gone.append(key)
+            plan.touched.add(alias)
+    return plan
+
+
+def _plan_delete(read: _Read, watch: _Watch, identity: str, audit: Audit) -> _Plan | None:
+    """The write of `delete`: every copy still the subscriber's; None when there is none."""
+    (raw,) = read([identity_key(identity)])
+    subscriber = _owner(raw)
+    if raw is None or subscriber is None:
+        return None
+    aliases = sorted(_aliases_of(raw) | {identity})
+    keys = [identity_key(alias) for alias in aliases]
+    watch(keys)
+    plan = _Plan(deleted=True)
+    for alias, key, copy in zip(aliases, keys, read(keys), strict=True):
+        if _owner(copy) == subscriber:
+            plan.gone.append(key)
+            plan.touched.add(alias)
+    plan.history[subscriber] = audit.entry("delete", [], time.time())
+    return plan
+
+
+def _update(audit: Audit, old: bytes, new: Profile, at: float) -> bytes:
+    """The history entry of an update, naming the fields it changes."""
+    try:
+        before = msgspec.to_builtins(profile_model.decode(old))
+    except ProfileError:
+        before = {}  # an invalid profile replaced: every field counts as changed
+    after = msgspec.to_builtins(new)
+    fields = [name for name in Profile.__struct_fields__ if before.get(name) != after.get(name)]
+    return audit.entry("update", fields, at)
 
 
 @dataclass(frozen=True)
@@ -188,45 +358,100 @@ class ProfileStore:
         keys = self._client.scan_iter(match=f"{PREFIX}{{*}}:id:{pattern}", count=CHUNK)
         return sorted(identity_of(text(key)) for key in keys)
 
-    def put(self, profiles: Iterable[Profile], *, ready: bool = True) -> None:
-        """Stores each profile under every identity, dropping the identities it lost.
+    def put(
+        self, profiles: Iterable[Profile], *, ready: bool = True, audit: Audit | None = None
+    ) -> int:
+        """Stores each profile under every identity, dropping the identities it lost; returns
+        how many profiles it created or changed (unchanged ones are not rewritten).
 
+        Raises OwnerConflictError when an identity belongs to another subscriber (nothing is
+        written), StoreError when Redis fails or other writers keep changing the same keys.
         `ready`: the store is complete after this write: if it was not marked ready (the first
         bucket's marker is missing: a new or wiped store), every bucket is marked now. A bulk
         import that writes in batches says so with its last batch only. A store that lost part
         of its buckets (a Cluster shard) stays unmarked there until `mark_ready()`.
+        `audit`: who writes and why (default: this process's user and host).
         """
-        profiles = list(profiles)
-        if not profiles:
-            return
-        copies: dict[str, bytes] = {}
-        lost: set[str] = set()
-        for new, stored in zip(
-            profiles, self.copies([p.subscriber for p in profiles]), strict=True
-        ):
-            if stored is not None:
-                lost |= _aliases_of(stored) - new.aliases
-            encoded = profile_model.encode(new)
-            copies.update((identity_key(alias), encoded) for alias in new.aliases)
-        touched = lost | {alias for p in profiles for alias in p.aliases}
-        gone = [key for key in map(identity_key, lost) if key not in copies]
-        self._write(copies, gone, touched, ready=ready and not self._client.exists(READY_KEYS[0]))
+        audit = audit or Audit()
+        named = [(p, p.subscriber, p.aliases) for p in profiles]  # canonical forms, once
+        if not named:
+            return 0
+        mark = ready and not self._client.exists(READY_KEYS[0])
+        keys = sorted({identity_key(alias) for _, _, aliases in named for alias in aliases})
+        return self._planned(keys, lambda read, watch: _plan_put(read, watch, named, audit), mark)
 
-    def delete(self, identity: str) -> bool:
+    def delete(self, identity: str, audit: Audit | None = None) -> bool:
         """Removes the subscriber owning `identity`, with all its copies; False if none."""
+        audit = audit or Audit()
+        keys = [identity_key(identity)]
+        plan = lambda read, watch: _plan_delete(read, watch, identity, audit)  # noqa: E731
+        return bool(self._planned(keys, plan, False))
+
+    def history(self, identity: str) -> list[dict[str, object]]:
+        """The recorded changes of the subscriber owning `identity` (or once keyed by it, when
+        deleted since), newest first."""
         try:
-            found = self.lookup(identity)
-        except NotReadyError:  # an empty store
-            return False
-        if found is None:
-            return False
-        self._write({}, [identity_key(alias) for alias in found.aliases], found.aliases)
-        return True
+            (raw,) = self.copies([identity])
+            subscriber = _owner(raw) or identity
+            entries = self._client.lrange(history_key(subscriber), 0, -1)
+        except FAILURES as error:
+            raise StoreError(f"redis: {error}") from error
+        return [json.loads(entry) for entry in cast(list[bytes], entries)]
 
     def mark_ready(self) -> None:
         """Marks every bucket complete as it is (an empty store, or one whose lost data is back);
         every cache forgets what it holds, since the data may have been restored around it."""
         self._write({}, [], frozenset(), ready=True)
+
+    def _planned(
+        self, keys: list[str], make: Callable[[_Read, _Watch], _Plan | None], ready: bool
+    ) -> int:
+        """Plans a write from reads and carries it out. On one server: the reads are WATCHed
+        and the write is one MULTI/EXEC, started again when a watched key changed before EXEC.
+        On Cluster (no transaction spans shards): read, then written key by key."""
+        if self._cluster:
+            plan = make(self.copies, lambda _keys: None)
+            if plan is None:
+                return 0
+            self._write_per_key(plan.copies, plan.gone, plan.touched, ready)
+            self._history_per_key(plan)
+            self._await_replica()
+            return len(plan.history)
+        coarse = len(keys) > WATCH_MOST
+        for _ in range(WRITE_ATTEMPTS):
+            with self._client.pipeline(transaction=True) as tx:
+                try:
+                    _watch(tx, [CHANGES] if coarse else keys)
+                    plan = make(
+                        functools.partial(_read, tx),
+                        (lambda _keys: None) if coarse else functools.partial(_watch, tx),
+                    )
+                    if plan is None or not plan.history:
+                        tx.unwatch()
+                        return 0
+                    tx.multi()
+                    if plan.gone:
+                        tx.delete(*plan.gone)
+                    if plan.copies:
+                        tx.mset(plan.copies)
+                    if ready:
+                        self._mark_ready(keys=READY_KEYS, client=tx)
+                    ttl = HISTORY_TTL if plan.deleted else 0
+                    history = [history_key(subscriber) for subscriber in plan.history]
+                    tx.eval(
+                        _HISTORY, len(history), *history, HISTORY_KEPT, ttl, *plan.history.values()
+                    )
+                    self._record_change(
+                        keys=[CHANGES, EPOCH], args=_change_entry(plan.touched), client=tx
+                    )
+                    tx.execute()
+                except redis.WatchError:
+                    continue
+                except FAILURES as error:
+                    raise StoreError(f"redis: {error}") from error
+            self._await_replica()
+            return len(plan.history)
+        raise StoreError(f"redis: other writers kept changing these keys ({WRITE_ATTEMPTS} tries)")
 
     def _write(
         self,
@@ -249,6 +474,19 @@ class ProfileStore:
                 self._record_change(keys=[CHANGES, EPOCH], args=_change_entry(touched), client=tx)
                 tx.execute()
         self._await_replica()
+
+    def _history_per_key(self, plan: _Plan) -> None:
+        """Cluster: each subscriber's history by itself (its key is in its own bucket)."""
+        with self._client.pipeline(transaction=False) as batch:
+            for subscriber, entry in plan.history.items():
+                key = history_key(subscriber)
+                batch.lpush(key, entry)
+                batch.ltrim(key, 0, HISTORY_KEPT - 1)
+                if plan.deleted:
+                    batch.expire(key, HISTORY_TTL)
+                else:
+                    batch.persist(key)
+            batch.execute()
 
     def _write_per_key(
         self,
@@ -309,6 +547,20 @@ class ProfileStore:
     def reader(self, guard: Guard) -> Reader:
         """Look-ups through a worker's guard, on its own connections: half the client's CPU."""
         return Reader(guard)
+
+
+def _watch(tx: Any, keys: Sequence[str]) -> None:
+    if keys:
+        tx.watch(*keys)
+
+
+def _read(tx: Any, keys: Sequence[str]) -> list[bytes | None]:
+    """Values of `keys` read on a watching pipeline (immediate mode), in bounded round trips."""
+    values: list[bytes | None] = []
+    for start in range(0, len(keys), CHUNK):
+        found = tx.mget(keys[start : start + CHUNK])
+        values += [None if value is None else _raw(value) for value in found]
+    return values
 
 
 def _raw(value: bytes | str) -> bytes:

@@ -97,7 +97,7 @@ def _need(msg: SipMessage, name: str) -> str:
     return value
 
 
-def _split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
+def split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Cut complete messages off a TCP stream (framed by Content-Length); return the rest."""
     frames: list[bytes] = []
     while True:
@@ -185,7 +185,7 @@ class Peer:
                 sock.close()
                 del self._conns[source], self._buffers[source]
                 return
-            frames, self._buffers[source] = _split_frames(self._buffers[source] + data)
+            frames, self._buffers[source] = split_frames(self._buffers[source] + data)
             self._inbox.extend(replace(SipMessage.parse(f), source=source) for f in frames)
 
     def _next(self, deadline: float, timeout: float) -> SipMessage:

@@ -32,7 +32,7 @@ from cpmiw.core.profile import Profile
 from cpmiw.ops.rpc import KamailioRpc, RpcError
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
-from cpmiw.testing import free_port, make_profile
+from cpmiw.testing import free_port, make_profile, wait_until
 from cpmiw.testing.load import Devices, Load, by_status, full_service_after
 from cpmiw.testing.sipnet import Peer, StatelessProxy
 from sipflows import cpm_message
@@ -55,6 +55,7 @@ class Proxies:
         """Stops proxy `index` and starts it again, same address, ports and settings."""
         _stop(self.proxies[index].process)
         self.proxies[index] = start_kamailio(self.envs[index], self.log_dir)
+        _peered(self.proxies)
         return self.proxies[index]
 
 
@@ -86,11 +87,25 @@ def pair(redis_server: RedisServer, log_dir: Path) -> Iterator[Proxies]:
         try:
             for env in envs:
                 proxies.append(start_kamailio(env, log_dir))
+            _peered(proxies)
             store = ProfileStore(connect(redis_server.url, 1.0))
             yield Proxies(proxies, envs, im_as, ip_sm_gw, store, log_dir)
         finally:
             for proxy in proxies:
                 _stop(proxy.process)
+
+
+def _peered(proxies: list[Kamailio]) -> None:
+    """Until each proxy knows the others as active DMQ nodes: a proxy answers SIP before its
+    first DMQ notification has reached the others, and a write replicates only to known nodes."""
+
+    def active(proxy: Kamailio) -> int:
+        with KamailioRpc(str(proxy.rpc_socket)) as rpc:
+            nodes = rpc.call("dmq.list_nodes")
+        assert isinstance(nodes, list)
+        return sum(1 for n in nodes if n.get("status") == "active" and not n.get("local"))
+
+    wait_until(lambda: all(active(p) == len(proxies) - 1 for p in proxies), "DMQ peers")
 
 
 def _subscriber(pair: Proxies, services: str, **fields: object) -> Profile:

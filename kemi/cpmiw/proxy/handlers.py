@@ -42,7 +42,7 @@ class Handlers:
         self._memory = MemoryWatcher()  # used by the memory watcher's process only
         self._guard: Guard | None = None
 
-    def child_init(self, _rank: int) -> int:
+    def child_init(self, rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
         settings = self.settings
         client = connect(settings.redis_url, settings.redis_timeout)
@@ -54,7 +54,8 @@ class Handlers:
             slow=settings.redis_slow,
             backoff=settings.redis_backoff,
         )
-        self._guard.warm()
+        if rank > 0:  # a SIP worker: its first request should not pay for the connection
+            self._guard.warm()
         # Routing asks the worker's cache; Redis only on a miss (store/cache.py). The change
         # stamp it compares is the one read with the request (facts.py).
         profiles = CachedProfiles(

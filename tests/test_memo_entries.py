@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from cpmiw.core import memo
+from cpmiw.core.classify import ServiceHeaders
 from cpmiw.core.decision import Action, Decision
 from cpmiw.core.services import Service
 
+SESSION_URN = "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.session"
 REWRITE = Decision(Action.REWRITE, "interworking-rewrite", rewrite_to=Service.IM_PAGER)
 
 
@@ -35,3 +37,15 @@ def test_an_entry_lives_no_longer_than_the_next_contact_expiry() -> None:
     assert memo.lifetime(300.0, None, 1000.0) == 300
     assert memo.lifetime(300.0, 1060.5, 1000.0) == 60
     assert memo.lifetime(300.0, 1000.5, 1000.0) == 0
+
+
+def test_an_outcome_holds_whatever_the_contact_when_the_service_was_named_before_it() -> None:
+    contact = '<sip:a@h>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session"'
+    named = ServiceHeaders("INVITE", preferred_service=SESSION_URN, contact=contact)
+    assert memo.contact_free(named, Service.CPM_SESSION, {}, trusted=True)
+    # ... unless the Contact is rewritten (an IM recipient), or it alone names the service
+    rewritten = {"Contact": "<sip:a@h>;+g.oma.sip-im"}
+    assert not memo.contact_free(named, Service.CPM_SESSION, rewritten, trusted=True)
+    only_contact = ServiceHeaders("INVITE", contact=contact)
+    assert not memo.contact_free(only_contact, Service.CPM_SESSION, {}, trusted=True)
+    assert memo.contact_free(ServiceHeaders("MESSAGE"), Service.NONE, {}, trusted=True)

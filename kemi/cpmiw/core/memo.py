@@ -12,9 +12,11 @@ own work on a MESSAGE (bench/README.md). One entry per request shape, fields sep
 
 - <stamp>: the change stamp the change watcher publishes: a profile written anywhere gives new
   keys, so nothing remembered from before the write is found again.
-- <shape>: every value of the request routing reads (`SHAPE` in proxy/memo.py, the very text
+- <shape>: every value of the request routing reads (`SHAPES` in proxy/memo.py, the very text
   kamailio.cfg builds), the Request-URI and the sender's address included: trust and "from an
-  AS" depend on it.
+  AS" depend on it. The Contact is left out (`*`) when the outcome cannot depend on it
+  (`contact_free`): a chat INVITE's Contact names the sender's device, which would make every
+  sender's first request to a recipient a new shape.
 - <labels>: method/service/action/rule, the metrics' labels and the decision log's fields.
 - <edits>: one character per header of `rewrite.EDITED`: `0` kept, `1` replaced by the value
   that follows, `2` removed.
@@ -27,7 +29,9 @@ own work on a MESSAGE (bench/README.md). One entry per request shape, fields sep
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
+from .classify import ServiceHeaders, classify
 from .decision import Decision
 from .devices import usrloc_key
 from .rewrite import EDITED
@@ -69,3 +73,15 @@ def lifetime(ttl: float, next_expiry: float | None, now: float) -> int:
     if next_expiry is not None:
         ttl = min(ttl, next_expiry - now)
     return max(int(ttl), 0)
+
+
+def contact_free(
+    headers: ServiceHeaders, service: Service, edits: Mapping[str, str | None], *, trusted: bool
+) -> bool:
+    """Whether an outcome holds for the request whatever its Contact: the service was named
+    before the Contact (classification takes the first source that names one) and the Contact
+    is not rewritten."""
+    if not headers.contact:
+        return True
+    named = classify(replace(headers, contact=""), trusted=trusted)
+    return service is not Service.NONE and named is service and "Contact" not in edits

@@ -29,11 +29,13 @@ from .registrations import RegisteredDevices
 
 TABLE = "memo"  # htable (kamailio.cfg) of the remembered outcomes
 TALLY = "tally"  # htable (kamailio.cfg): requests replayed, per labels
-# The request's shape as route[MEMO] builds it into an outcome's key: keep the two the same.
-SHAPE = (
-    "$_s($ru|$rm|$si|$(hdr(Accept-Contact)[*])|$(hdr(Contact)[*])"
+# The request's shape as route[MEMO] builds it into an outcome's key, with its Contact and
+# without it (core.memo.contact_free): keep them the same as kamailio.cfg's.
+_SHAPE = (
+    "$_s($ru|$rm|$si|$(hdr(Accept-Contact)[*])|{contact}"
     "|$(hdr(P-Preferred-Service)[*])|$(hdr(P-Asserted-Service)[*])|$(hdr(Content-Type)[*]))"
 )
+SHAPES = {False: _SHAPE.format(contact="$(hdr(Contact)[*])"), True: _SHAPE.format(contact="*")}
 _ITERATOR = "cpmiw_tally"
 # 1 when route[MEMO] logs each replay as the plugin logs its decisions (CPMIW_DECISION_LOG=all).
 LOGGED = "$shv(cpmiw_replays_logged)"
@@ -74,8 +76,12 @@ class Memo:
             or self._registered.summary[0] != routing.profile.registration_aor
         ):
             return None
+        edits = header_edits(request.headers, routing.service, decision.rewrite_to)
+        free = memo.contact_free(
+            request.headers, routing.service, edits, trusted=not routing.untrusted
+        )
         try:
-            shape = str(KSR.pv.get(SHAPE))
+            shape = str(KSR.pv.get(SHAPES[free]))
         except UnicodeDecodeError:  # not UTF-8: a shape the plugin routes every time
             return None
         return shape if "\x00" not in shape else None

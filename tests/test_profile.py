@@ -9,6 +9,8 @@ import msgspec
 import pytest
 
 from cpmiw.core.profile import (
+    MAX_BYTES,
+    MAX_IDENTITIES,
     AsFailure,
     Interworking,
     Profile,
@@ -81,6 +83,14 @@ def test_defaults() -> None:
         pytest.param({"ip_sm_gw": "mailto:gw@example.net"}, "ip_sm_gw", id="ip-sm-gw-not-sip"),
         pytest.param({"format": 2}, "format", id="wrong-format-version"),
         pytest.param({"format": 0}, "format", id="format-zero"),
+        pytest.param({"services": ["im", "sms", "cpm", "im"]}, "$.services",
+                     id="services-too-many"),
+        pytest.param({"services": ["im", "im"]}, "services", id="service-twice"),
+        pytest.param({"identities": [f"sip:u{n}@ims.example.net" for n in range(33)]},
+                     "$.identities", id="identities-too-many"),
+        pytest.param({"identities": ["sip:" + "b" * 250 + "@ims.example.net"]},
+                     "$.identities[0]", id="identity-too-long"),
+        pytest.param({"im_as": "sip:" + "a" * 300}, "$.im_as", id="im-as-too-long"),
     ],
 )  # fmt: skip
 def test_invalid_profile_names_the_field(changes: dict[str, object], field: str) -> None:
@@ -101,6 +111,23 @@ def test_missing_required_field(key: str) -> None:
 def test_not_json(raw: bytes | str) -> None:
     with pytest.raises(ProfileError, match="not JSON"):
         decode(raw)
+
+
+def test_a_stored_profile_too_long_is_refused_before_it_is_parsed() -> None:
+    padded = json.dumps(MINIMAL).replace("{", "{" + " " * (MAX_BYTES), 1)
+    with pytest.raises(ProfileError, match="more than a profile may take"):
+        decode(padded)
+    largest = {
+        **MINIMAL,
+        "identities": [f"sip:{n:02d}{'u' * 230}@ims.example.net" for n in range(MAX_IDENTITIES)],
+        "services": ["cpm", "im", "sms"],
+        "im_as": "sip:" + "a" * 250,
+        "ip_sm_gw": "sip:" + "g" * 250,
+        "interworking": "im_as",
+        "as_failure": "terminate",
+        "barred": True,
+    }
+    assert len(encode(decode(json.dumps(largest)))) < MAX_BYTES  # the bound refuses no valid one
 
 
 @pytest.mark.parametrize("raw", ["[]", "null", '"sip:bob@ims.example.net"', "42"])

@@ -38,14 +38,18 @@ def is_sip(uri: str) -> bool:
 
 
 Uri = Annotated[str, msgspec.Meta(min_length=5, max_length=256)]
+MAX_IDENTITIES = 32
+# A stored profile longer than this is refused before it is parsed: every field is bounded, and
+# 32 identities of 256 characters with every other field set come to about 9 KB.
+MAX_BYTES = 16384
 
 
 class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A subscriber's terminating service profile (format 1)."""
 
     format: int = FORMAT_VERSION
-    identities: Annotated[list[Uri], msgspec.Meta(min_length=1, max_length=32)]
-    services: list[Family]
+    identities: Annotated[list[Uri], msgspec.Meta(min_length=1, max_length=MAX_IDENTITIES)]
+    services: Annotated[list[Family], msgspec.Meta(max_length=len(Family))]
     barred: bool = False
     im_as: Uri | None = None
     ip_sm_gw: Uri | None = None
@@ -60,6 +64,8 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
                 canonical(uri)
             except IdentityError as error:
                 raise ValueError(f"identities: {error}") from None
+        if len(set(self.services)) != len(self.services):
+            raise ValueError("services: a service listed twice")
         for field in ("im_as", "ip_sm_gw"):
             uri = getattr(self, field)
             if uri is not None and not is_sip(uri):
@@ -97,6 +103,8 @@ _encoder = msgspec.json.Encoder()
 
 
 def decode(raw: bytes | str) -> Profile:
+    if len(raw) > MAX_BYTES:
+        raise ProfileError(f"{len(raw)} bytes, more than a profile may take ({MAX_BYTES})")
     try:
         return _decoder.decode(raw)
     except msgspec.ValidationError as error:

@@ -29,6 +29,7 @@ from .options import (
 )
 from .output import FORMATS
 from .profile_commands import profile
+from .store_commands import store
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CPMIW"}
 
@@ -112,3 +113,4 @@ def main(
 main.add_command(profile)
 main.add_command(credential)
 main.add_command(explain_command)
+main.add_command(store)

@@ -398,6 +398,13 @@ class ProfileStore:
             raise StoreError(f"redis: {error}") from error
         return [json.loads(entry) for entry in cast(list[bytes], entries)]
 
+    def buckets_ready(self) -> int:
+        """How many of the BUCKETS are marked ready: all of them, or the store is not ready."""
+        try:
+            return int(self._client.exists(*READY_KEYS))  # split by slot on Cluster
+        except FAILURES as error:
+            raise StoreError(f"redis: {error}") from error
+
     def mark_ready(self) -> None:
         """Marks every bucket complete as it is (an empty store, or one whose lost data is back);
         every cache forgets what it holds, since the data may have been restored around it."""

@@ -13,11 +13,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 from test_metrics import moved, scrape
 
 from conftest import CPM_PAGER, Network, make_network, start_redis
+from cpmiw.core import profile as profile_model
 from cpmiw.core.profile import Profile
 from cpmiw.core.routing import NotReadyError
 from cpmiw.ops.cli import main
@@ -109,9 +111,9 @@ def test_one_subscribers_bad_data_fails_that_subscriber_alone(own_network: Netwo
     client.delete(key)
     client.rpush(key, "a list, set by hand")
     client.set(identity_key(not_json.subscriber), b"\xff\xfe\x00 not a profile")
-    client.set(identity_key(elsewhere.subscriber), client.get(identity_key(good.subscriber)))
-    broken = json.loads(client.get(identity_key(invalid.subscriber)))
-    client.set(identity_key(invalid.subscriber), json.dumps({**broken, "services": ["cpm"] * 2}))
+    client.set(identity_key(elsewhere.subscriber), profile_model.encode(good))
+    twice = {**msgspec.to_builtins(invalid), "services": ["cpm", "cpm"]}
+    client.set(identity_key(invalid.subscriber), json.dumps(twice))
     before = scrape(net.kamailio.metrics_url)
     for bad in (wrong_type, not_json, elsewhere, invalid):
         assert ask(net, bad) == (503, "30")
@@ -123,8 +125,8 @@ def test_one_subscribers_bad_data_fails_that_subscriber_alone(own_network: Netwo
         elsewhere.subscriber: f"the profile stored under it is {good.subscriber}'s",
         invalid.subscriber: "services: a service listed twice",
     }
-    for bad, reason in reasons.items():
-        line = next(ln for ln in log.splitlines() if f"profile of {bad} unavailable" in ln)
+    for name, reason in reasons.items():
+        line = next(ln for ln in log.splitlines() if f"profile of {name} unavailable" in ln)
         assert reason in line
     after = scrape(net.kamailio.metrics_url)
     assert moved(before, after, "cpmiw_profile_lookups_total")[("invalid",)] >= 4

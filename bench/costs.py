@@ -23,13 +23,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import redis
-
 from bench import population
 from bench.lab import BENCH, UAS_HOST, Kamailio, Lab, start_native, start_product, uas, warm_up
 from bench.throughput import SCENARIOS, measured_run
-from cpmiw.store.profiles import ProfileStore
-from cpmiw.store.redis import connect
 from cpmiw.testing import free_port
 
 BASELINES = {"a' native relay": "native-relay.cfg", "b' native ndb_redis": "native-redis.cfg"}
@@ -60,11 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu: dict[str, list[float]] = {name: [] for name in names}
     success: dict[str, list[float]] = {name: [] for name in names}
     with Lab() as lab:
-        server = lab.redis()
-        store = ProfileStore(connect(server.url, 10.0))
-        population.load(store, redis.Redis(port=server.port), range(options.profiles))
-        draws = population.zipf_recipients(options.profiles, 300_000, 1.0)
-        recipients = population.injection_file(lab.dir / "zipf.csv", draws)
+        server, draws, recipients = lab.subscribers(options.profiles)
         started = {}
         for name in names:
             device = (UAS_HOST, free_port(UAS_HOST))

@@ -23,8 +23,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import redis
+
 from bench import population
+from cpmiw.store.profiles import ProfileStore
+from cpmiw.store.redis import connect
 from cpmiw.testing import free_port, wait_until
+from cpmiw.testing.fuzz import processes
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -97,6 +102,15 @@ class Lab:
         server.start()
         return server
 
+    def subscribers(self, count: int, skew: float = 1.0) -> tuple[Redis, list[int], Path]:
+        """A Redis holding `count` subscribers (population.load), and Zipf-drawn recipients:
+        the draws and the sipp injection file of them."""
+        server = self.redis()
+        store = ProfileStore(connect(server.url, 10.0))
+        population.load(store, redis.Redis(port=server.port), range(count))
+        draws = population.zipf_recipients(count, 300_000, skew)
+        return server, draws, population.injection_file(self.dir / "zipf.csv", draws)
+
 
 @dataclass
 class Process:
@@ -163,16 +177,7 @@ class Kamailio:
 
     def processes(self) -> list[int]:
         """The main process and its children (the SIP workers among them)."""
-        children = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    children.append(int(entry.name))
-        return [self.process.pid, *sorted(children)]
+        return processes(self.process.pid)
 
 
 def _probe(address: tuple[str, int]) -> bool:

@@ -22,9 +22,6 @@ import subprocess
 import time
 from dataclasses import asdict
 
-import redis
-
-from bench import population
 from bench.lab import UAS_HOST, Lab, uas
 from bench.throughput import (
     RESULTS,
@@ -33,8 +30,6 @@ from bench.throughput import (
     measured_run,
     started_warm,
 )
-from cpmiw.store.profiles import ProfileStore
-from cpmiw.store.redis import connect
 from cpmiw.testing import free_port
 
 CONFIGS = {"a' native relay, tuned": "native-relay-tuned", "c cpmiw": "product"}
@@ -88,12 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, object] = {"stamp": stamp, "options": vars(options), "rates": rates}
     tables: dict[str, list[str]] = {name: [] for name in rates}
     with Lab() as lab:
-        server = lab.redis()
-        assert server.process is not None
-        store = ProfileStore(connect(server.url, 10.0))
-        population.load(store, redis.Redis(port=server.port), range(options.profiles))
-        draws = population.zipf_recipients(options.profiles, 300_000, 1.0)
-        recipients = population.injection_file(lab.dir / "zipf.csv", draws)
+        server, draws, recipients = lab.subscribers(options.profiles)
         for label, config in CONFIGS.items():
             device = (UAS_HOST, free_port(UAS_HOST))
             kamailio = started_warm(lab, config, server.port, device, draws, options.profiles)

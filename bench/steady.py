@@ -16,13 +16,9 @@ import statistics
 import time
 import urllib.request
 
-import redis
-
 from bench import population
 from bench.lab import UAS_HOST, Lab, Uac, start_product, uas, usage, warm_up
 from bench.throughput import SCENARIOS
-from cpmiw.store.profiles import ProfileStore
-from cpmiw.store.redis import connect
 from cpmiw.testing import free_port
 
 
@@ -45,11 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     scenario = SCENARIOS["message"]
     with Lab() as lab:
-        server = lab.redis()
-        store = ProfileStore(connect(server.url, 10.0))
-        population.load(store, redis.Redis(port=server.port), range(options.profiles))
-        draws = population.zipf_recipients(options.profiles, 300_000, 1.0)
-        recipients = population.injection_file(lab.dir / "zipf.csv", draws)
+        server, draws, recipients = lab.subscribers(options.profiles)
         device = (UAS_HOST, free_port(UAS_HOST))
         kamailio = start_product(lab, server.url)
         population.register(kamailio.address, range(options.profiles), device)

@@ -86,6 +86,14 @@ def credential() -> None:
     """Subscribers' digest credentials: the HA1 hashes REGISTERs are checked against."""
 
 
+def _put(cli: Context, made: Credential, dry_run: bool, verb: str, detail: str = "") -> None:
+    """Stores `made` (unless dry run) and says so in one line: `set` / `rotate` as the verb."""
+    if not dry_run:
+        _store(cli).put([made])
+    done = f"would {verb}" if dry_run else {"set": "set", "rotate": "rotated"}[verb]
+    click.echo(f"{done} the credential of {made.identity}{detail}", err=True)
+
+
 @credential.command("set")
 @click.argument("uri")
 @click.option("-p", "--password-file", default="-", show_default=True, help=_PASSWORD_HELP)
@@ -98,10 +106,7 @@ def credential_set(
     """Give the subscriber owning URI a password (its HA1s are stored), replacing any."""
     identity = _identity(cli, uri)
     made = _made(identity, _password(password_file), username)
-    if not dry_run:
-        _store(cli).put([made])
-    verb = "would set" if dry_run else "set"
-    click.echo(f"{verb} the credential of {identity} (username {made.username})", err=True)
+    _put(cli, made, dry_run, "set", f" (username {made.username})")
 
 
 @credential.command("rotate")
@@ -120,10 +125,7 @@ def credential_rotate(cli: Context, uri: str, password_file: str, dry_run: bool)
     if old is None:
         raise CliError(f"no credential for {identity}", EXIT_NOT_FOUND)
     made = _made(identity, _password(password_file), old.username)
-    if not dry_run:
-        _store(cli).put([made])
-    verb = "would rotate" if dry_run else "rotated"
-    click.echo(f"{verb} the credential of {identity}", err=True)
+    _put(cli, made, dry_run, "rotate")
 
 
 @credential.command("remove")

@@ -109,3 +109,17 @@ def test_a_register_with_a_display_name_keeps_the_device_tags(net: Network) -> N
     with Peer() as caller, device(net, dave, tags=IM, name="Dave's phone") as ue:
         received = deliver_and_answer(caller, ue, cpm_message(caller, dave.registration_aor), net)
     assert received.header_values("Accept-Contact")[0].startswith("*;+g.oma.sip-im;require")
+
+
+@pytest.mark.parametrize("stray", [b"\xe9", b"\x00", b"\xc3"])
+def test_a_request_uri_byte_is_routed_as_its_percent_encoding(net: Network, stray: bytes) -> None:
+    """RFC 3261 writes such a byte %XX in a URI: both spellings are one identity, nobody's here,
+    and get one answer (404, or 503 while that identity's part of the store is not ready)."""
+    answers = []
+    with Peer() as caller:
+        for user in (decode(b"nob" + stray + b"dy"), f"nob%{stray[0]:02X}dy"):
+            # The To stays plain: Kamailio's core drops a request whose To it cannot parse.
+            request = cpm_message(caller, f"sip:{user}@ims.example.net", to="<sip:nobody@h>")
+            answers.append((caller.ask(request, net.kamailio.address).status, _rule(net, request)))
+    assert answers[0] == answers[1]
+    assert answers[0] in {(404, "unknown-recipient"), (503, "store-not-ready")}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.core.message import decode, encode, escape_bytes, is_plain
+from cpmiw.core.message import decode, encode, escape_bytes, escape_uri_bytes, is_plain
 
 
 @given(st.binary(max_size=200))
@@ -36,3 +36,8 @@ def test_escaped_text_is_plain_and_keeps_every_utf8_character(data: bytes) -> No
 )
 def test_escape_bytes(data: bytes, expected: str) -> None:
     assert escape_bytes(decode(data)) == expected
+
+
+def test_escape_uri_bytes() -> None:
+    assert escape_uri_bytes(decode(b"sip:us\xe9r\x00@h")) == "sip:us%E9r%00@h"
+    assert escape_uri_bytes("sip:José@h") == "sip:José@h"

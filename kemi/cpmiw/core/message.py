@@ -7,7 +7,8 @@ SIP text is not always UTF-8: a Latin-1 display name or a stray byte in a Call-I
 a request is routed the same whatever its bytes. So bytes become text with `decode` (UTF-8, each
 byte that is not UTF-8 kept as a lone surrogate, `surrogateescape`) and back with `encode`,
 exactly. Kamailio takes text from Python only as UTF-8 C strings: `escape_bytes` spells the
-surrogates and NUL out as `\\xNN`, for what is logged, compared or used as a key.
+surrogates and NUL out as `\\xNN`, for what is logged, compared or used as a key, and
+`escape_uri_bytes` percent-encodes them in a URI.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def escape_bytes(text: str) -> str:
     if is_plain(text):
         return text
     return _UNSAFE.sub(lambda found: f"\\x{encode(found.group())[0]:02x}", text)
+
+
+def escape_uri_bytes(text: str) -> str:
+    """A URI with each byte that is not UTF-8, and NUL, percent-encoded (RFC 3261 `escaped`):
+    `sip:us<0xE9>r@h` reads as `sip:us%E9r@h`, the URI it stands for."""
+    if is_plain(text):
+        return text
+    return _UNSAFE.sub(lambda found: f"%{encode(found.group())[0]:02X}", text)
 
 
 def header_key(name: str) -> str:

@@ -4,7 +4,8 @@ app_python3 decodes what Kamailio hands over as strict UTF-8: one byte that is n
 display name, a stray byte in a Call-ID) raises UnicodeDecodeError. The facts are then read
 again in hex, which every byte survives. The header values a rewrite may hand back to Kamailio
 keep their exact bytes (core.message.decode; ksr.append_header writes them back); the others
-come as text that can be logged and passed to KSR (core.message.escape_bytes).
+come as text that can be logged and passed to KSR (core.message.escape_bytes; the
+Request-URI's bytes percent-encoded, so that it is routed as the URI it stands for).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import KSR  # provided by app_python3 inside Kamailio
 
 from ..core.classify import ServiceHeaders
-from ..core.message import escape_bytes, is_plain
+from ..core.message import escape_bytes, escape_uri_bytes, is_plain
 from ..core.routing import Request
 from .ksr import all_lines, exact
 
@@ -37,6 +38,8 @@ _FACTS = (
 )
 # The facts a rewrite may write back to the request (proxy/delivery.py): read with their bytes.
 _EXACT = frozenset({"Accept-Contact", "Contact", "P-Preferred-Service", "P-Asserted-Service"})
+# A Request-URI's stray bytes are percent-encoded: routed as the URI they stand for.
+_URI = "$ru"
 # ASCII unit separator: no SIP header carries it unescaped. One that does (RFC 3261 lets a
 # quoted-pair escape it) shows as a field too many, and the facts are then read one by one.
 _SEPARATOR = "\x1f"
@@ -82,8 +85,13 @@ def _facts() -> list[str]:
     facts = [values[at] if count < 0 or values[count] != "0" else "" for at, count in _PLACES]
     if plain:
         return facts
-    exactness = zip(_FACTS, facts, strict=True)
-    return [fact if name in _EXACT else escape_bytes(fact) for name, fact in exactness]
+    return [_text(name, fact) for name, fact in zip(_FACTS, facts, strict=True)]
+
+
+def _text(name: str, fact: str) -> str:
+    if name in _EXACT:
+        return fact
+    return escape_uri_bytes(fact) if name == _URI else escape_bytes(fact)
 
 
 def read_request() -> tuple[Request, str]:

@@ -44,12 +44,21 @@ def replayed(net: Network, request: SipMessage) -> bool:
     return decision(net, request).endswith(" replayed")
 
 
+def published_stamp(net: Network) -> dict[str, object]:
+    with KamailioRpc(str(net.kamailio.rpc_socket)) as rpc:
+        found = rpc.call("pv.shvGet", "cpmiw_changes")
+    assert isinstance(found, dict)
+    return found
+
+
 def until_replayed(
     net: Network, caller: Peer, ue: Peer, make: Callable[[], SipMessage]
 ) -> list[tuple[SipMessage, SipMessage]]:
     """Requests from `make`, each delivered to `ue`, until one is replayed: (as sent, as
-    received) each. At most three: the first after the proxy started may come before the change
-    watcher's first stamp, and nothing is remembered then."""
+    received) each. Nothing is remembered before the change watcher published its first stamp,
+    so that comes first; then the second request must be a replay (three are allowed: the
+    first may have been routed before the stamp)."""
+    wait_until(lambda: published_stamp(net)["value"] != "", "the change watcher's first stamp")
     exchanged: list[tuple[SipMessage, SipMessage]] = []
     while not exchanged or not replayed(net, exchanged[-1][0]):
         assert len(exchanged) < 3, "nothing replayed"
@@ -92,11 +101,6 @@ def test_an_untrusted_p_asserted_service_is_removed_on_replay_too(net: Network) 
     assert [received.header("P-Asserted-Service") for _, received in exchanged] == [None] * len(
         exchanged
     )
-
-
-def published_stamp(net: Network) -> object:
-    with KamailioRpc(str(net.kamailio.rpc_socket)) as rpc:
-        return rpc.call("pv.shvGet", "cpmiw_changes")
 
 
 def test_a_profile_change_is_routed_by_the_plugin_at_once(net: Network) -> None:

@@ -9,19 +9,12 @@ from contextlib import contextmanager
 from conftest import Network
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
-from cpmiw.testing import make_profile
+from cpmiw.testing import CPIM, ICSI, SDP, make_profile
 from cpmiw.testing.sipnet import Peer
 
-ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi."
 CPM_MSG_ACCEPT = f'*;+g.3gpp.icsi-ref="{ICSI}oma.cpm.msg";require;explicit'
 CPM_MSG_URN = "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg"
 RCS_IARI = '+g.3gpp.iari-ref="urn%3Aurn-7%3A3gpp-application.ims.iari.rcse.im"'
-CPIM = b"From: <sip:anonymous@anonymous.invalid>\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
-SDP = (
-    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    b"m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n"
-    b"a=path:msrp://127.0.0.1:7394/s111;tcp\r\n"
-)
 # Headers a proxy legitimately changes on the way (or the peers rebuild).
 HOP_BY_HOP = {"via", "max-forwards", "content-length", "route", "record-route"}
 

@@ -17,10 +17,10 @@ from conftest import Network, RedisServer, make_network
 from cpmiw.core.devices import SUMMARY_TABLE, usrloc_key
 from cpmiw.core.message import SipMessage
 from cpmiw.ops.rpc import KamailioRpc, RpcError
+from cpmiw.testing import ICSI
 from cpmiw.testing.sipnet import Peer, StatelessProxy
 from sipflows import (
     CPM_MSG_ACCEPT,
-    ICSI,
     cancel_of,
     chat_invite,
     cpm_message,

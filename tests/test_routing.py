@@ -14,12 +14,11 @@ from conftest import DOMAIN, Network
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
 from cpmiw.store.profiles import identity_key
+from cpmiw.testing import ICSI, SDP
 from cpmiw.testing.sipnet import Dialog, Peer, StatelessProxy
 from sipflows import (
     CPM_MSG_ACCEPT,
-    ICSI,
     RCS_IARI,
-    SDP,
     cancel_of,
     chat_invite,
     cpm_message,

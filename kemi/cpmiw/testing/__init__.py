@@ -11,6 +11,14 @@ import msgspec
 from ..core.profile import Profile
 
 DOMAIN = "ims.example.net"
+# The ICSI prefix as feature tags carry it (percent-encoded), a CPIM body, an MSRP offer.
+ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi."
+CPIM = b"From: <sip:anonymous@anonymous.invalid>\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n"
+    b"a=path:msrp://127.0.0.1:7394/s111;tcp\r\n"
+)
 
 
 def make_profile(user: str, number: str, services: str = "", **fields: object) -> Profile:

@@ -31,27 +31,17 @@ from types import TracebackType
 from typing import Self
 
 from ..core.message import SipMessage, decode, encode, header_key
+from . import CPIM, ICSI, SDP
 from .sipnet import split_frames
 
 Header = tuple[str, str]
-ICSI = "urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm."
-CPIM = b"From: <sip:anonymous@anonymous.invalid>\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
-SDP = (
-    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    b"m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n"
-)
+CPM = f"{ICSI}oma.cpm."
 # Bytes that are not UTF-8: Latin-1 letters, a lone continuation, a truncated sequence, an
 # overlong slash, an encoded surrogate, past U+10FFFF, 0xFF.
 NOT_UTF8 = [
-    b"\xe9",
-    b"\x80",
-    b"\xc3",
-    b"\xe2\x82",
-    b"\xc0\xaf",
-    b"\xed\xa0\x80",
-    b"\xf4\x90\x80\x80",
-]
-NOT_UTF8.append(b"\xff")
+    b"\xe9", b"\x80", b"\xc3", b"\xe2\x82", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+    b"\xff",
+]  # fmt: skip
 # The frame: written by `render`, or what Kamailio needs to answer at all (its transaction's
 # identity): never removed, duplicated, folded or filled with garbage; bytes and display names
 # may go into From, To and Call-ID.
@@ -109,7 +99,7 @@ def _common(rng: random.Random, to: str) -> list[Header]:
 def _cpm_pager(rng: random.Random, ruri: str) -> Request:
     return Request("MESSAGE", ruri, [
         *_common(rng, ruri),
-        ("Accept-Contact", f'*;+g.3gpp.icsi-ref="{ICSI}msg";require;explicit'),
+        ("Accept-Contact", f'*;+g.3gpp.icsi-ref="{CPM}msg";require;explicit'),
         ("P-Preferred-Service", "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg"),
         ("Conversation-ID", f"{rng.getrandbits(128):032x}"),
         ("Contribution-ID", f"{rng.getrandbits(64):016x}"),
@@ -121,8 +111,8 @@ def _cpm_session(rng: random.Random, ruri: str) -> Request:
     icsi = rng.choice(["session", "largemsg", "filetransfer", "session.group"])
     return Request("INVITE", ruri, [
         *_common(rng, ruri),
-        ("Accept-Contact", f'*;+g.3gpp.icsi-ref="{ICSI}{icsi}"'),
-        ("Contact", f'<sip:fuzz@127.0.0.1:5099>;+g.3gpp.icsi-ref="{ICSI}{icsi}"'),
+        ("Accept-Contact", f'*;+g.3gpp.icsi-ref="{CPM}{icsi}"'),
+        ("Contact", f'<sip:fuzz@127.0.0.1:5099>;+g.3gpp.icsi-ref="{CPM}{icsi}"'),
         ("Content-Type", "application/sdp"),
     ], SDP)  # fmt: skip
 
@@ -277,10 +267,10 @@ def garbage(rng: random.Random, request: Request) -> None:
 
 
 LOOKALIKES = [
-    f'+g.3gpp.icsi-ref="{ICSI.upper()}MSG"', f'+g.3gpp.icsi-ref="{ICSI}msg.x"',
+    f'+g.3gpp.icsi-ref="{CPM.upper()}MSG"', f'+g.3gpp.icsi-ref="{CPM}msg.x"',
     '+g.3gpp.icsi-ref="urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg"', "+G.OMA.SIP-IM",
     '+g.3gpp.iari-ref="urn%3Aurn-7%3A3gpp-application.ims.iari.rcse.im"', "+g.3gpp.smsip",
-    f'+g.3gpp.icsi-ref="{ICSI}msg,{ICSI}session,{ICSI}filetransfer"', "+g.gsma.rcs.cpm.pager-large",
+    f'+g.3gpp.icsi-ref="{CPM}msg,{CPM}session,{CPM}filetransfer"', "+g.gsma.rcs.cpm.pager-large",
 ]  # fmt: skip
 
 

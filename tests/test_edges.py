@@ -158,6 +158,19 @@ def test_tcp_requests_up_to_64_kb_are_routed_larger_ones_answered_513(net: Netwo
     assert "request of 65537 bytes from 127.0.0.1" in net.kamailio.wait_for_log("65537 bytes")
 
 
+def test_a_request_too_large_for_a_udp_device_is_answered_513(net: Network) -> None:
+    """64 KB came over TCP; the device registered over UDP takes datagrams of 65,507 bytes."""
+    bob = subscriber(net, "cpm")
+    before = refused(net)
+    with Peer(transport="tcp") as caller, device(net, bob) as ue:
+        fits = _sized(caller, bob.registration_aor, 60_000)
+        assert deliver_and_answer(caller, ue, fits, net).body == fits.body
+        answer = caller.ask(_sized(caller, bob.registration_aor, 65_536), net.kamailio.address)
+        assert (answer.status, answer.reason) == (513, "Message Too Large")
+        ue.expect_nothing(0.2)
+    assert refused(net)["too-large"] - before["too-large"] == 1
+
+
 @pytest.fixture(scope="module")
 def small(redis_server: RedisServer, log_dir: Path) -> Iterator[Network]:
     """A proxy with 32 MB of shared memory, half of it its reserve (proxy/memory.py): a few

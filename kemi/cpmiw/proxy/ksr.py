@@ -7,10 +7,10 @@ import KSR  # provided by app_python3 inside Kamailio
 from ..core.decision import Decision
 from ..core.message import decode, encode, escape_bytes, is_plain
 
-# Kamailio's error code when it cannot allocate memory (E_OUT_OF_MEM, core/error.h); then
-# kamailio.cfg's route answers 503 and counts it instead of Kamailio's 500.
-OUT_OF_MEMORY = -2
-SHARED_MEMORY_FULL = "SHARED_MEMORY_FULL"
+# kamailio.cfg's route that answers a failed t_relay() by its code, held in RELAY_CODE: 503
+# when shared memory is full, 513 when the request is too large for UDP, else Kamailio's error.
+RELAY_FAILED = "RELAY_FAILED"
+RELAY_CODE = "$var(cpmiw_relay)"
 # kamailio.cfg's route that appends the header line held, in hex, in RAW_HEADER.
 RAW_HEADER = "$var(cpmiw_header)"
 APPEND_RAW_HEADER = "APPEND_RAW_HEADER"
@@ -61,9 +61,8 @@ def reply(decision: Decision) -> None:
 
 
 def relay() -> None:
-    """Relays statefully; a failure is answered (503 when shared memory is full)."""
+    """Relays statefully; a failure is answered as kamailio.cfg's RELAY route answers it."""
     code = KSR.tm.t_relay()
-    if code == OUT_OF_MEMORY:
-        KSR.route(SHARED_MEMORY_FULL)
-    elif code < 0:
-        KSR.sl.sl_reply_error()
+    if code < 0:
+        KSR.pv.seti(RELAY_CODE, code)
+        KSR.route(RELAY_FAILED)

@@ -13,6 +13,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from array import array
@@ -279,8 +280,12 @@ def test_values_of_forked_processes_are_summed_and_labels_bounded(tmp_path: Path
             for s in family.samples
         }
     )
-    requests = {k[1][0][1]: v for k, v in samples.items() if k[0] == "cpmiw_requests_total"}
-    assert requests == {"MESSAGE": 1.0, "other": 1.0}  # an invented method is not a label value
+    requests: Counter[str] = Counter()
+    for (name, labels), value in samples.items():
+        if name == "cpmiw_requests_total":
+            requests[dict(labels)["method"]] += value
+    assert set(requests) == {*metrics.METHODS, "other"}  # an invented method is not a label value
+    assert +requests == {"MESSAGE": 1.0, "other": 1.0}
     assert samples["cpmiw_profile_lookups_total", (("result", "hit"),)] == 2
     assert samples["cpmiw_redis_errors_total", ()] == 2
     assert samples["cpmiw_decision_seconds_bucket", (("le", "0.0005"),)] == 2
@@ -380,7 +385,9 @@ def test_histogram_buckets_are_cumulative(tally: Path) -> None:
     assert math.isclose(samples["cpmiw_redis_seconds_sum", ()], 1.00265)
     assert samples["cpmiw_redis_errors_total", ()] == 1
     assert samples["cpmiw_decision_seconds_count", ()] == 0  # unlabelled: shown from the start
-    assert not any(name == "cpmiw_requests_total" for name, _ in samples)  # labelled: not yet
+    labels = (("method", "MESSAGE"), ("outcome", "deliver"), ("service", "none"))
+    assert samples["cpmiw_requests_total", labels] == 0  # labels known in advance: shown too
+    assert not any(name.startswith("kamailio_") for name, _ in samples)  # nothing read from it
 
 
 def _write_tally(directory: Path, stem: str, values: dict[int, float], keys: str) -> None:
@@ -403,7 +410,9 @@ def test_a_torn_last_keys_line_is_ignored(tally: Path) -> None:
     _write_tally(tally, "tally-4000001", {20: 5.0, 21: 6.0, 22: 7.0, 23: 8.0}, keys)
     metrics.count_lookup("miss")
     samples = rendered()
-    lookups = {labels: value for (name, labels), value in samples.items() if "lookups" in name}
+    lookups = {
+        labels: value for (name, labels), value in samples.items() if "lookups" in name and value
+    }
     assert lookups == {(("result", "miss"),): 6}
 
 
@@ -421,7 +430,7 @@ def test_setup_wipes_stale_tally_files_and_nothing_else(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
     )
-    assert HIT not in parse(result.stdout)  # the stale value is gone
+    assert parse(result.stdout)[HIT] == 0  # the stale value is gone
     left = {p.name for p in tmp_path.iterdir()}
     assert set(foreign) <= left and not set(ours) & left
     assert left - set(foreign) == {  # and the setup process's own files
@@ -450,9 +459,130 @@ def test_more_series_than_slots_are_dropped_without_an_exception(tally: Path) ->
     kept = {
         dict(labels)["handling"]: value
         for (name, labels), value in samples.items()
-        if name == "cpmiw_as_default_handling_total"
+        if name == "cpmiw_as_default_handling_total" and value
     }
     dropped = samples["cpmiw_metrics_series_dropped_total", ()]
     assert set(kept.values()) == {2} and len(kept) + dropped == len(handlings) + 3
     assert kept.keys() == set(handlings[: len(kept)])
     assert samples["cpmiw_decision_seconds_count", ()] == 0  # no room: dropped too
+
+
+# Kamailio's own numbers, beside the plugin's.
+
+ZERO_AT_START = {  # series that nothing but traffic moves: the start's probe is a stateless OPTIONS
+    ("kamailio_tm_transactions_total", (("side", "uas"),)),
+    ("kamailio_tm_transactions_total", (("side", "uac"),)),
+    ("kamailio_tm_completed_transactions_total", (("class", "2xx"),)),
+    ("kamailio_tm_current_transactions", (("state", "active"),)),
+    ("kamailio_sl_replies_total", (("class", "2xx"),)),
+    ("kamailio_usrloc_registered_users", ()),
+    ("kamailio_usrloc_contacts", ()),
+    ("kamailio_core_dropped_total", (("message", "request"),)),
+    ("kamailio_core_dropped_total", (("message", "reply"),)),
+    ("kamailio_pike_blocked_ips", ()),
+    ("cpmiw_flood_blocked_total", ()),
+    ("cpmiw_refused_total", (("reason", "too-large"),)),
+    ("cpmiw_redis_breaker_open", ()),
+    ("cpmiw_redis_breaker_opened_total", (("reason", "failed"),)),
+    ("cpmiw_redis_breaker_opened_total", (("reason", "late"),)),
+    ("cpmiw_profile_lookups_total", (("result", "not-ready"),)),
+    ("cpmiw_registrations_total", (("outcome", "limited"),)),
+    ("cpmiw_as_default_handling_total", (("handling", "continue"),)),
+    ("cpmiw_decision_rules_total", (("rule", "subscribed"),)),
+    ("cpmiw_rejects_total", (("status", "503"),)),
+}
+
+
+@pytest.fixture(scope="module")
+def fresh(own_redis: RedisServer, log_dir: Path) -> Iterator[tuple[Network, str]]:
+    """A proxy just started, and its first scrape (the text)."""
+    for net in make_network(own_redis, log_dir):
+        with urllib.request.urlopen(net.kamailio.metrics_url, timeout=5) as answer:
+            yield net, answer.read().decode()
+
+
+def test_a_fresh_proxy_shows_every_documented_series_at_zero(
+    fresh: tuple[Network, str], tmp_path: Path
+) -> None:
+    net, text = fresh
+    samples = parse(text)
+    assert {key: samples.get(key) for key in ZERO_AT_START} == dict.fromkeys(ZERO_AT_START, 0.0)
+    requests = {
+        (dict(labels)["method"], dict(labels)["outcome"])
+        for name, labels in samples
+        if name == "cpmiw_requests_total"
+    }
+    methods = {*metrics.METHODS, "other"}
+    outcomes = {"deliver", "rewrite", "to-im-as", "to-ip-sm-gw", "reject", "answer", "error"}
+    assert {(m, o) for m in methods for o in outcomes} <= requests
+    total, free = samples["kamailio_shm_total_bytes", ()], samples["kamailio_shm_free_bytes", ()]
+    assert 60 * 2**20 < total <= 64 * 2**20 and 0 < free < total  # CPMIW_SHM_MB=64
+    assert samples["kamailio_shm_used_bytes", ()] > 0
+    pkg = {
+        dict(labels)["description"] for name, labels in samples if name == "kamailio_pkg_used_bytes"
+    }
+    assert "main process - attendant" in pkg and len(pkg) >= 6  # workers, timers, RPC, TCP
+    listener = f"udp:127.0.0.1:{net.kamailio.port}"
+    assert samples["cpmiw_udp_receive_drops_total", (("listener", listener),)] == 0
+    (build,) = [dict(labels) for name, labels in samples if name == "cpmiw_build_info"]
+    assert build["kamailio"] == "5.6.3" and build["version"] not in ("", "unknown")
+    started = samples["process_start_time_seconds", ()]
+    assert time.time() - 120 < started < time.time()
+
+
+def test_the_live_exposition_passes_promtool(fresh: tuple[Network, str], tmp_path: Path) -> None:
+    net, _ = fresh
+    with urllib.request.urlopen(net.kamailio.metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+    # and promtool does fail on what it should: a counter without _total
+    broken = text.replace("kamailio_sl_failures_total ", "kamailio_sl_failures ", 1)
+    assert broken != text
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=broken, capture_output=True, text=True, check=False
+    )
+    assert check.returncode != 0
+
+
+def test_kamailio_counters_move_with_traffic(fresh: tuple[Network, str]) -> None:
+    net, _ = fresh
+    ue = subscriber(net, "cpm")
+    before = scrape(net.kamailio.metrics_url)
+    with Peer("127.0.0.5") as phone, Peer() as sender:
+        assert phone.register(net.kamailio.address, ue.registration_aor).status == 200
+        sender.send(message(sender, ue.registration_aor), net.kamailio.address)
+        phone.reply(phone.recv_request("MESSAGE"), 200, "OK")
+        assert sender.recv_response().status == 200
+        nobody = f"sip:nobody-{secrets.token_hex(3)}@{DOMAIN}"
+        assert sender.ask(message(sender, nobody), net.kamailio.address).status == 404
+    # tmx and sl refresh their sums over the processes at most every second or two
+    deadline = time.monotonic() + 5
+    while True:
+        after = scrape(net.kamailio.metrics_url)
+        tm = moved(before, after, "kamailio_tm_completed_transactions_total")
+        if tm or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert after["kamailio_usrloc_contacts", ()] == 1
+    assert after["kamailio_usrloc_registered_users", ()] == 1
+    assert moved(before, after, "kamailio_tm_transactions_total")[("uas",)] >= 1
+    assert tm[("2xx",)] >= 1
+    assert moved(before, after, "kamailio_sl_replies_total")[("4xx",)] >= 1
+    assert moved(before, after, "kamailio_core_received_total")[("request",)] >= 3
+
+
+def test_udp_drops_are_read_for_the_listeners_only() -> None:
+    table = (
+        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid"
+        "  timeout inode ref pointer drops\n"
+        "  1: 0100007F:13C4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 1 2 0000000000000000 17\n"
+        "  2: 0100007F:13C5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 3 2 0000000000000000 5\n"
+        "  3: garbage\n"
+    )
+    listeners = [("127.0.0.1", 5060), ("127.0.0.2", 5060)]
+    assert metrics.udp_drops(table, listeners) == {"udp:127.0.0.1:5060": 17}

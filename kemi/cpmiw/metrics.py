@@ -46,15 +46,22 @@ import json
 import mmap
 import os
 import re
+import socket
+import struct
+import time
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from .core import memo
+from .core.decision import Action
+from .core.profile import AsFailure, Interworking
+from .core.routing import AS_FAILED_CONTINUE, RETURNED
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from prometheus_client.metrics_core import Metric
 
@@ -160,6 +167,38 @@ _METRICS = {
 _DROPPED_NAME = "cpmiw_metrics_series_dropped"
 _DROPPED_HELP = f"Series not counted: a process needed more than {SLOTS} metric slots."
 
+# The label values known in advance, shown at 0 from the start: an alert or a dashboard query on
+# a series that does not exist yet sees nothing, not 0 (rate() of a series born at 1 misses the 1).
+# The values met only at run time (another service, a status not listed) appear on first use.
+_RULES = (
+    "not-messaging", "subscribed", "unknown-recipient", "barred", "no-service", "not-registered",
+    "file-transfer-to-sms", "sms-without-as", "sms-interworking", "foreign-domain",
+    "not-a-subscriber", "profile-unavailable", "profile-unavailable-deliver", "store-not-ready",
+    "options-on-behalf", "from-as", RETURNED, AS_FAILED_CONTINUE, "internal-error",
+    *(f"interworking-{policy.value}" for policy in Interworking),
+)  # fmt: skip
+_REGISTRATION_OUTCOMES = (
+    "trusted", "third-party", "authenticated", "challenged", "stale", "refused", "forbidden",
+    "bad-request", "limited", "unavailable", "error",
+)  # fmt: skip
+_KNOWN: dict[str, tuple[tuple[str, ...], ...]] = {
+    # method x outcome; the service a request asks for is known only from its headers
+    "cpmiw_requests": tuple(
+        (method, "none", outcome)
+        for method in (*sorted(METHODS), "other")
+        for outcome in (*(action.value for action in Action), "error")
+    ),
+    "cpmiw_decision_rules": tuple((rule,) for rule in _RULES),
+    "cpmiw_rejects": tuple((status,) for status in ("403", "404", "480", "488", "500", "503")),
+    "cpmiw_as_default_handling": tuple((handling.value,) for handling in AsFailure),
+    "cpmiw_as_markers": (("honoured",), ("replayed",), ("honoured-unshared",)),
+    "cpmiw_profile_lookups": tuple(
+        (result,) for result in ("hit", "miss", "error", "not-ready", "invalid")
+    ),
+    "cpmiw_redis_breaker_opened": (("failed",), ("late",)),
+    "cpmiw_registrations": tuple((outcome,) for outcome in _REGISTRATION_OUTCOMES),
+}
+
 Key = tuple[str, ...]  # metric name, then its label values in _Spec.labels' order
 _SHADOW: Key = ("cpmiw_shadow_mode",)
 _REDIS_ERRORS: Key = ("cpmiw_redis_errors",)
@@ -203,6 +242,7 @@ class _Tally:
 
 
 _directory: Path | None = None  # set by setup(): None means every report is a no-op
+_started: float | None = None  # when setup() ran: Kamailio's start, as the exposition shows it
 _tally: _Tally | None = None  # this process's files, opened on its first new series
 # The hot path reads only these two: the series this process has, and its slots.
 _slots: dict[Key, int] = {}
@@ -268,7 +308,7 @@ def setup(directory: str | None = None, *, shadow: bool = False) -> None:
     `shadow` is published as a gauge: in shadow mode the outcomes counted are the ones the proxy
     would have applied, and the alerts on rejects stay quiet.
     """
-    global _directory, _tally, _view  # noqa: PLW0603  (one directory per process, set once)
+    global _directory, _tally, _view, _started  # noqa: PLW0603  (one per process, set once)
     path = Path(directory or os.environ.get("CPMIW_METRICS_DIR") or DEFAULT_DIR)
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.iterdir():
@@ -276,6 +316,7 @@ def setup(directory: str | None = None, *, shadow: bool = False) -> None:
             stale.unlink()
     _forget()
     _directory = path
+    _started = time.time()
     _tally = _Tally(path)  # here, not lazily: a directory we cannot write fails the start
     _view = _tally.view
     _view[_allocate(_SHADOW)] = 1.0 if shadow else 0.0
@@ -367,6 +408,9 @@ def _sum(directory: Path) -> dict[Key, list[float]]:
     totals: dict[Key, list[float]] = {
         (name,): [0.0] * spec.width for name, spec in _METRICS.items() if not spec.labels
     }
+    for name, label_sets in _KNOWN.items():
+        for labels in label_sets:
+            totals[(name, *labels)] = [0.0] * _METRICS[name].width
     for keys_path in sorted(directory.glob("tally-*.keys")):
         for key, values in _read(keys_path):
             total = totals.setdefault(key, [0.0] * len(values))
@@ -442,9 +486,238 @@ def _add_replayed(totals: dict[Key, list[float]], replayed: Mapping[str, int]) -
             totals.setdefault(key, [0.0])[0] += count
 
 
-def render(replayed: Mapping[str, int] | None = None) -> tuple[str, bytes]:
-    """Content type and body of the exposition: the sum over every process's files, and the
-    requests kamailio.cfg replayed without the plugin (`replayed`)."""
+# Kamailio's own statistics (its `stats.fetch` RPC), rendered beside the plugin's.
+
+
+@dataclass(frozen=True)
+class _Family:
+    """A metric made of Kamailio statistics: each statistic (`group.name`, as stats.fetch names
+    it) is one series, with the label values given."""
+
+    kind: Literal["counter", "gauge"]
+    help: str
+    stats: Mapping[str, tuple[str, ...]]  # statistics with the same labels are added up
+    labels: tuple[str, ...] = ()
+
+
+def _one(stat: str) -> Mapping[str, tuple[str, ...]]:
+    return {stat: ()}
+
+
+def _classes(template: str, classes: str = "123456") -> Mapping[str, tuple[str, ...]]:
+    return {template.format(c): (f"{c}xx",) for c in classes}
+
+
+# sl counts a few statuses apart (`404_replies`) and the rest of their class in `4xx_replies`.
+_SL_COUNTED_APART = ("200", "202", "300", "301", "302", "400", "401", "403", "404", "407", "408",
+                     "483", "500")  # fmt: skip
+
+
+# Chosen, not every statistic Kamailio has: stats.fetch does not say which ones are counters, and
+# each family here is documented (README "Metrics") and kept under its name across versions.
+_KAMAILIO: dict[str, _Family] = {
+    "kamailio_tm_transactions": _Family(
+        "counter",
+        "Transactions tm created: uas (requests received), uac (requests it sent).",
+        {"tmx.UAS_transactions": ("uas",), "tmx.UAC_transactions": ("uac",)},
+        ("side",),
+    ),
+    "kamailio_tm_completed_transactions": _Family(
+        "counter",
+        "Transactions tm completed, by the class of their final reply.",
+        _classes("tmx.{}xx_transactions", "23456"),
+        ("class",),
+    ),
+    "kamailio_tm_current_transactions": _Family(
+        "gauge",
+        "Transactions in tm's table: active (not completed yet), inuse (also those kept for"
+        " retransmissions after their final reply).",
+        {"tmx.active_transactions": ("active",), "tmx.inuse_transactions": ("inuse",)},
+        ("state",),
+    ),
+    "kamailio_tm_replies": _Family(
+        "counter",
+        "Replies through tm: received, relayed, generated (by the proxy), sent, absorbed.",
+        {
+            f"tmx.rpl_{event}": (event,)
+            for event in ("received", "relayed", "generated", "sent", "absorbed")
+        },
+        ("event",),
+    ),
+    "kamailio_sl_replies": _Family(
+        "counter",
+        "Replies sent statelessly (sl), by class.",
+        {
+            **_classes("sl.{}xx_replies"),
+            **{f"sl.{status}_replies": (f"{status[0]}xx",) for status in _SL_COUNTED_APART},
+        },
+        ("class",),
+    ),
+    "kamailio_sl_failures": _Family(
+        "counter", "Stateless replies that could not be sent.", _one("sl.failures")
+    ),
+    "kamailio_usrloc_registered_users": _Family(
+        "gauge", "Addresses of record with a registered contact.", _one("usrloc.registered_users")
+    ),
+    "kamailio_usrloc_contacts": _Family(
+        "gauge", "Registered contacts (usrloc table location).", _one("usrloc.location_contacts")
+    ),
+    "kamailio_shm_total_bytes": _Family(
+        "gauge", "Size of Kamailio's shared memory.", _one("shmem.total_size")
+    ),
+    "kamailio_shm_used_bytes": _Family(
+        "gauge",
+        "Shared memory in use, allocator overhead included.",
+        _one("shmem.real_used_size"),
+    ),
+    "kamailio_shm_max_used_bytes": _Family(
+        "gauge", "Most shared memory ever in use since the start.", _one("shmem.max_used_size")
+    ),
+    "kamailio_shm_free_bytes": _Family("gauge", "Free shared memory.", _one("shmem.free_size")),
+    "kamailio_core_received": _Family(
+        "counter",
+        "SIP messages Kamailio received and parsed, requests and replies.",
+        {"core.rcv_requests": ("request",), "core.rcv_replies": ("reply",)},
+        ("message",),
+    ),
+    "kamailio_core_dropped": _Family(
+        "counter",
+        "SIP messages Kamailio dropped itself (drop, a failed check, an unparsable reply).",
+        {"core.drop_requests": ("request",), "core.drop_replies": ("reply",)},
+        ("message",),
+    ),
+    "kamailio_tcp_current_connections": _Family(
+        "gauge", "Open TCP connections.", _one("tcp.current_opened_connections")
+    ),
+    "kamailio_pike_blocked_ips": _Family(
+        "gauge", "Sources pike blocks now for sending too fast.", _one("pike.blocked_ips")
+    ),
+    "cpmiw_flood_blocked": _Family(
+        "counter",
+        "Requests dropped because their source was flooding.",
+        _one("script.cpmiw_flood_blocked"),
+    ),
+    "cpmiw_refused": _Family(
+        "counter",
+        "Requests kamailio.cfg answered with an error before routing them, by reason.",
+        {
+            "script.cpmiw_refused_too_large": ("too-large",),
+            "script.cpmiw_refused_shared_memory_full": ("shared-memory-full",),
+            "script.cpmiw_refused_metrics_listener": ("metrics-listener",),
+        },
+        ("reason",),
+    ),
+}
+_PKG = {  # pkg.stats field -> metric: the private memory of each Kamailio process
+    "total_size": ("kamailio_pkg_total_bytes", "Size of a Kamailio process's private memory."),
+    "real_used": (
+        "kamailio_pkg_used_bytes",
+        "Private memory a Kamailio process uses, allocator overhead included.",
+    ),
+    "free": ("kamailio_pkg_free_bytes", "Free private memory of a Kamailio process."),
+}
+try:
+    _VERSION = metadata.version("cpmiw")
+except metadata.PackageNotFoundError:  # run from a source tree that was not installed
+    _VERSION = "unknown"
+_UDP_DROPS = "cpmiw_udp_receive_drops"
+_UDP_DROPS_HELP = (
+    "Datagrams the kernel dropped on a Kamailio UDP listener (its receive buffer was full)."
+)
+
+
+@dataclass(frozen=True)
+class Kamailio:
+    """What the adapter read from Kamailio for one scrape (plain data: rendered here).
+
+    `stats`: stats.fetch's `group.name -> value`; `processes`: pkg.stats's list; `udp_drops`:
+    the kernel's count per UDP listener (`udp:address:port`); `version`: core.version's text.
+    """
+
+    stats: Mapping[str, str] = field(default_factory=dict)
+    processes: Sequence[Mapping[str, object]] = ()
+    udp_drops: Mapping[str, int] = field(default_factory=dict)
+    version: str = ""
+
+
+def udp_drops(table: str, listeners: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """The `drops` column of /proc/net/udp (`table`) for each IPv4 `(address, port)` listener.
+
+    The kernel writes the local address as the hex of the 32-bit word in host order, then the
+    port in hex: `0100007F:13C4` is 127.0.0.1:5060 on a little-endian host.
+    """
+    wanted = {(address, port) for address, port in listeners}
+    drops: dict[str, int] = {}
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        try:
+            address_hex, port_hex = fields[1].split(":")
+            address = socket.inet_ntoa(struct.pack("=I", int(address_hex, 16)))
+            port, dropped = int(port_hex, 16), int(fields[-1])
+        except (IndexError, ValueError, struct.error):
+            continue
+        if (address, port) in wanted:
+            name = f"udp:{address}:{port}"
+            drops[name] = drops.get(name, 0) + dropped
+    return drops
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _kamailio_rendered(kamailio: Kamailio) -> Iterator[Metric]:
+    from prometheus_client.metrics_core import (  # noqa: PLC0415  (only when scraped)
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        InfoMetricFamily,
+    )
+
+    families = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+    for name, family in _KAMAILIO.items():
+        series: dict[tuple[str, ...], float] = {}
+        for stat, labels in family.stats.items():
+            value = _number(kamailio.stats.get(stat))
+            if value is not None:
+                series[labels] = series.get(labels, 0.0) + value
+        if series:  # the module is loaded: its statistics exist from the start
+            metric = families[family.kind](name, family.help, labels=family.labels)
+            for labels, value in series.items():
+                metric.add_metric(list(labels), value)
+            yield metric
+    for key, (name, help_text) in _PKG.items():
+        gauge = GaugeMetricFamily(name, help_text, labels=["process", "description"])
+        for process in kamailio.processes:
+            value = _number(process.get(key))
+            if value is not None:
+                gauge.add_metric([str(process.get("entry")), str(process.get("desc"))], value)
+        yield gauge
+    drops = CounterMetricFamily(_UDP_DROPS, _UDP_DROPS_HELP, labels=["listener"])
+    for listener, dropped in sorted(kamailio.udp_drops.items()):
+        drops.add_metric([listener], dropped)
+    yield drops
+    words = kamailio.version.split()  # "kamailio 5.6.3 (x86_64/linux)"
+    yield InfoMetricFamily(
+        "cpmiw_build",
+        "Versions running: the plugin's and Kamailio's.",
+        value={"version": _VERSION, "kamailio": words[1] if len(words) > 1 else "unknown"},
+    )
+    if _started is not None:
+        yield GaugeMetricFamily(
+            "process_start_time_seconds",
+            "When Kamailio's main process set the plugin up, in seconds since the epoch.",
+            value=_started,
+        )
+
+
+def render(
+    replayed: Mapping[str, int] | None = None, kamailio: Kamailio | None = None
+) -> tuple[str, bytes]:
+    """Content type and body of the exposition: the sum over every process's files, the
+    requests kamailio.cfg replayed without the plugin (`replayed`), and Kamailio's own numbers."""
     if _directory is None:
         return CONTENT_TYPE, b""
     from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
@@ -453,12 +726,16 @@ def render(replayed: Mapping[str, int] | None = None) -> tuple[str, bytes]:
     _add_replayed(totals, replayed or {})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(_rendered(totals)))
+    if kamailio is not None:
+        registry.register(_Collector(_kamailio_rendered(kamailio)))
     return CONTENT_TYPE, generate_latest(registry)
 
 
-def serve(path: str, replayed: Mapping[str, int] | None = None) -> tuple[int, str, str, bytes]:
+def serve(
+    path: str, replayed: Mapping[str, int] | None = None, kamailio: Kamailio | None = None
+) -> tuple[int, str, str, bytes]:
     """An HTTP answer (status, reason, content type, body) for a GET of `path`."""
     if path.split("?", 1)[0] != "/metrics":
         return 404, "Not Found", "text/plain", b"cpmiw serves /metrics only\n"
-    content_type, body = render(replayed)
+    content_type, body = render(replayed, kamailio)
     return 200, "OK", content_type, body

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "cpmiw-dashboard.json"
-METRIC = re.compile(r"\bcpmiw_[a-z_]+\b")
-
-# Every metric with a sample, in one process after setup(): the exposition Prometheus scrapes.
-EXPOSITION = """
-import sys
-from cpmiw import metrics
-metrics.setup(sys.argv[1])
-metrics.observe_decision("MESSAGE", "cpm.msg", "reject", "barred", 403, 0.001)
-metrics.count_as_failure("continue")
-metrics.count_lookup("hit")
-metrics.observe_redis(0.001, True)
-sys.stdout.write(metrics.render()[1].decode())
-"""
+METRIC = re.compile(r"\b(?:cpmiw|kamailio)_[a-z_]+\b")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,18 +48,11 @@ def test_promtool(args: tuple[str, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Sample names of the plugin's exposition (counters with _total, histograms' series)."""
-    directory = tmp_path_factory.mktemp("metrics")
-    text = subprocess.run(
-        [sys.executable, "-c", EXPOSITION, str(directory)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {
-        line.split("{")[0].split()[0] for line in text.splitlines() if line.startswith("cpmiw_")
-    }
+def exposed(network: Network) -> set[str]:
+    """Sample names a live proxy exposes (counters with _total, histograms' series)."""
+    with urllib.request.urlopen(network.kamailio.metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    return {line.split("{")[0].split()[0] for line in text.splitlines() if METRIC.match(line)}
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -93,6 +74,10 @@ def test_alerts_and_dashboard_use_only_metrics_the_plugin_exposes(exposed: set[s
         "cpmiw_rejects_total",
         "cpmiw_redis_errors_total",
         "cpmiw_as_default_handling_total",
+        "kamailio_shm_free_bytes",
+        "cpmiw_udp_receive_drops_total",
+        "cpmiw_redis_breaker_open",
+        "cpmiw_flood_blocked_total",
     } <= used
     outcomes = {value for expr in exprs for value in re.findall(r'outcome=~"([^"]+)"', expr)}
     assert {o for alternatives in outcomes for o in alternatives.split("|")} <= {
@@ -107,6 +92,11 @@ def test_alert_rules_are_named_and_annotated() -> None:
         "CpmiwRedisUnreachable",
         "CpmiwApplicationServerFailures",
         "CpmiwRejectRateHigh",
+        "CpmiwSharedMemoryLow",
+        "CpmiwSharedMemoryExhausted",
+        "CpmiwDatagramsDropped",
+        "CpmiwRedisBreakerOpen",
+        "CpmiwFlooding",
     } <= set(names)
     for rule in _rules():
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
@@ -121,6 +111,18 @@ def test_dashboard_panels() -> None:
     for panel in dashboard["panels"]:
         assert panel["title"] and panel["targets"], panel["id"]
         assert all("$__rate_interval" in t["expr"] for t in panel["targets"]), panel["title"]
+    # proxies are picked from the scrape job's targets: a fresh or idle proxy is listed too
+    (instance,) = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
+    job = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert instance["query"]["query"] == f'label_values(up{{job="{job["job_name"]}"}}, instance)'
+    shown = {name for expr in _dashboard_exprs() for name in METRIC.findall(expr)}
+    assert {
+        "kamailio_shm_free_bytes",
+        "kamailio_pkg_used_bytes",
+        "cpmiw_udp_receive_drops_total",
+        "cpmiw_redis_breaker_open",
+        "cpmiw_flood_blocked_total",
+    } <= shown
 
 
 def _compose() -> dict[str, Any]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import yaml
 from conftest import Network
 from cpmiw.core.decision import Action
 from cpmiw.ops.options import read_env_file
+from cpmiw.testing import make_profile
+from cpmiw.testing.sipnet import Peer
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -334,3 +338,49 @@ def test_kamailio_locks_its_memory(network: Network) -> None:
     locked_kb = int(locked.group(1))
     assert locked_kb >= 64 * 1024  # at least the shared memory the tests give it (CPMIW_SHM_MB)
     assert "failed to lock the memory pages" not in network.kamailio.log()
+
+
+CPM_TAG = ';+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'
+
+
+def test_kamcli_reads_the_proxy_with_the_documented_configuration(
+    network: Network, tmp_path: Path
+) -> None:
+    """deploy/kamcli/kamcli.ini, pointed at this proxy's control socket: the commands README
+    "Operations" gives, and a `devices` value as it documents it."""
+    ini = (DEPLOY / "kamcli" / "kamcli.ini").read_text()
+    assert "srvaddr=/run/cpmiw/kamailio_rpc.sock" in ini  # the unit's CPMIW_RPC_SOCKET
+    config = tmp_path / "kamcli.ini"
+    config.write_text(
+        ini.replace("/run/cpmiw/kamailio_rpc.sock", str(network.kamailio.rpc_socket)).replace(
+            "/run/cpmiw/", f"{tmp_path}/"
+        )
+    )
+    profile = make_profile(f"k{secrets.token_hex(4)}", "+15550001234", "cpm")
+    network.provision(profile)
+    aor = profile.registration_aor.split(":", 1)[1]
+    with Peer("127.0.0.5") as phone:
+        answer = phone.register(
+            network.kamailio.address, profile.registration_aor, contact_params=CPM_TAG
+        )
+        assert answer.status == 200
+
+    def kamcli(*command: str) -> Any:
+        result = subprocess.run(
+            ["kamcli", "--no-default-configs", "-c", str(config), *command],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)["result"]
+
+    records = kamcli("ul", "show", aor)
+    assert records["AoR"] == aor and len(records["Contacts"]) == 1
+    assert "usrloc:location_contacts = " in " ".join(kamcli("stats", "usrloc"))
+    slots = [
+        slot for entry in kamcli("jsonrpc", "htable.dump", "devices") for slot in entry["slot"]
+    ]
+    (value,) = [slot["value"] for slot in slots if slot["name"] == aor]
+    expires, families = value.split(":")  # one contact: <expiry, Unix time>:<families>
+    assert 0 < int(expires) - time.time() <= 3600 and families == "cpm"

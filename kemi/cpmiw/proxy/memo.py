@@ -25,6 +25,7 @@ from ..core.decision import Action, Decision
 from ..core.rewrite import header_edits
 from ..core.routing import Plan, Request
 from ..settings import DecisionLog, Settings
+from .memory import FREE_PERCENT
 from .registrations import RegisteredDevices
 
 TABLE = "memo"  # htable (kamailio.cfg) of the remembered outcomes
@@ -47,8 +48,8 @@ def publish(settings: Settings) -> None:
 
 
 def _free_enough() -> bool:
-    free, total = KSR.pv.get("$stat(free_size)"), KSR.pv.get("$stat(total_size)")
-    return bool(total) and int(free or 0) * 2 >= int(total)
+    """At least half of shared memory free, as the shared memory watcher last read it."""
+    return int(KSR.pv.get(FREE_PERCENT) or 0) >= 50
 
 
 class Memo:

@@ -34,6 +34,7 @@ FILL_RATE = 600 * 1024
 CHECKS = (0.01, 0.1)  # s: the shortest and longest time between two checks
 TURN = 1.0  # s: how long one call watches before it returns to rtimer
 LOW = "$shv(cpmiw_memory_low)"
+FREE_PERCENT = "$shv(cpmiw_memory_free_percent)"  # what the memo reads (proxy/memo.py)
 _ASK = json.dumps({"jsonrpc": "2.0", "method": "core.shmmem", "params": ["k"], "id": 1})
 
 
@@ -60,6 +61,7 @@ class MemoryWatcher:
         memory = json.loads(KSR.jsonrpcs.response())["result"]
         free, total = int(memory["free"]), int(memory["total"])
         reserve = max(total // RESERVE_SHARE, RESERVE_LEAST)
+        KSR.pv.seti(FREE_PERCENT, free * 100 // max(total, 1))
         low = free < reserve
         if low != self.low:
             self._publish(low, free, total)

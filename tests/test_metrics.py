@@ -586,3 +586,15 @@ def test_udp_drops_are_read_for_the_listeners_only() -> None:
     )
     listeners = [("127.0.0.1", 5060), ("127.0.0.2", 5060)]
     assert metrics.udp_drops(table, listeners) == {"udp:127.0.0.1:5060": 17}
+
+
+def test_every_rule_in_the_code_is_shown_from_the_start() -> None:
+    """The rules named in core/ (`Decision(Action.X, "rule"`) are pre-created label values."""
+    core = Path(metrics.__file__).parent / "core"
+    named = {
+        rule
+        for source in core.glob("*.py")
+        for rule in re.findall(r'Decision\(\s*Action\.[A-Z_]+,\s*"([a-z-]+)"', source.read_text())
+    }
+    assert len(named) >= 10
+    assert named <= {rule for (rule,) in metrics._KNOWN["cpmiw_decision_rules"]}

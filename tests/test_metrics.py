@@ -574,6 +574,24 @@ def test_kamailio_counters_move_with_traffic(fresh: tuple[Network, str]) -> None
     assert moved(before, after, "kamailio_core_received_total")[("request",)] >= 3
 
 
+def test_without_an_answer_from_kamailio_the_plugins_series_are_served(
+    fresh: tuple[Network, str],
+) -> None:
+    """Kamailio's control socket gone (its file moved away): the scrape is answered, with the
+    plugin's series and without Kamailio's, and the log says why; back, they are back."""
+    kamailio = fresh[0].kamailio
+    moved_away = kamailio.rpc_socket.with_name("moved-away.sock")
+    kamailio.rpc_socket.rename(moved_away)
+    try:
+        samples = scrape(kamailio.metrics_url)
+    finally:
+        moved_away.rename(kamailio.rpc_socket)
+    assert ("cpmiw_redis_breaker_open", ()) in samples
+    assert not any(name.startswith("kamailio_") for name, _ in samples)
+    assert "cpmiw: metrics: Kamailio's control socket did not answer" in kamailio.log()
+    assert ("kamailio_shm_free_bytes", ()) in scrape(kamailio.metrics_url)
+
+
 def test_udp_drops_are_read_for_the_listeners_only() -> None:
     table = (
         "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpmiw.core.classify import ServiceHeaders, classify, registered_contacts
+from cpmiw.core.classify import ServiceHeaders, classify
 from cpmiw.core.services import Family, Service
 
 ICSI = "urn:urn-7:3gpp-service.ims.icsi."
@@ -238,18 +238,3 @@ def test_classify_never_raises(headers: ServiceHeaders) -> None:
     assert isinstance(service, Service)
     if headers.method.upper() not in ("MESSAGE", "INVITE"):
         assert service is Service.NONE
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        pytest.param("<sip:a@h>;+g.oma.sip-im;expires=600", [("sip:a@h", {Family.IM})], id="bare"),
-        pytest.param('"Jos\udce9" <sip:a@h>;+g.oma.sip-im', [("sip:a@h", {Family.IM})],
-                     id="latin1-display-name"),
-        pytest.param('"Dave, \\"the\\" <phone>" <sip:a@h>;+g.3gpp.smsip, sip:b@h;+g.oma.sip-im',
-                     [("sip:a@h", {Family.SMS}), ("sip:b@h", {Family.IM})], id="two-entries"),
-        pytest.param("*", [], id="star"),
-    ],
-)  # fmt: skip
-def test_registered_contacts(header: str, expected: list[tuple[str, set[Family]]]) -> None:
-    assert registered_contacts(header) == [(uri, frozenset(f)) for uri, f in expected]

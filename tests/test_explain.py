@@ -110,7 +110,8 @@ def wire_request(caller: Peer, uri: str, service: Service) -> SipMessage:
 
 def route_through_proxy(net: Network, caller: Peer, device: Peer, request: SipMessage) -> None:
     """Sends the request and lets whichever party receives it answer, until the caller has a
-    final response: the device, the IM AS or the IP-SM-GW (200, or 486 for an INVITE)."""
+    final response: the device, the IM AS or the IP-SM-GW (200, or 603 for an INVITE: a decline
+    that leaves nothing to SMS fallback)."""
     caller.send(request, net.kamailio.address)
     for _ in range(200):
         for party in (device, net.im_as, net.ip_sm_gw):
@@ -119,7 +120,7 @@ def route_through_proxy(net: Network, caller: Peer, device: Peer, request: SipMe
             except TimeoutError:
                 continue
             if received.is_request and received.method != "ACK":
-                party.reply(received, 486 if received.method == "INVITE" else 200, "Answered")
+                party.reply(received, 603 if received.method == "INVITE" else 200, "Answered")
         try:
             caller.recv_response(timeout=0.005)
             return

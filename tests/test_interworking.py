@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Network, RedisServer, make_network
-from cpmiw.core.devices import SUMMARY_TABLE, usrloc_key
+from cpmiw.core.devices import SUMMARY_TABLE, Device, registered, summary, usrloc_key
 from cpmiw.core.message import SipMessage
 from cpmiw.ops.rpc import KamailioRpc, RpcError
 from cpmiw.testing import ICSI
@@ -224,8 +224,10 @@ def _set_summary(net: Network, aor: str, text: str) -> None:
 def _expiries_and_families(summary: str | None) -> list[tuple[float, str]]:
     """(seconds from now, families) of each contact in a summary."""
     now = time.time()
-    items = [item.partition(":") for item in (summary or "").split()]
-    return sorted((round(int(expires) - now, -2), families) for expires, _, families in items)
+    return sorted(
+        (round(d.expires - now, -2), ",".join(sorted(f.value for f in d.families)))
+        for d in registered(summary or "", now)
+    )
 
 
 def test_each_register_summarises_the_devices_of_the_aor(net: Network) -> None:
@@ -270,7 +272,10 @@ def test_removing_every_binding_removes_the_summary(net: Network) -> None:
 def test_routing_drops_contacts_the_summary_shows_expired(net: Network) -> None:
     frank = subscriber(net, "cpm,sms")
     with Peer() as caller, device(net, frank, tags=CPM_DEVICE) as ue:
-        _set_summary(net, frank.registration_aor, f"{int(time.time()) - 1}:cpm")
+        expired = Device(
+            f"sip:{ue.host}:{ue.port}", features=CPM_DEVICE, expires=int(time.time()) - 1
+        )
+        _set_summary(net, frank.registration_aor, summary([expired]))
         sent = _via_the_ip_sm_gw(net, caller, frank.registration_aor)
         ue.expect_nothing(0.2)
     assert _rules(net, sent) == ["sms-interworking"]

@@ -7,9 +7,10 @@ import pytest
 from cpmiw.core import marker
 from cpmiw.core.classify import ServiceHeaders
 from cpmiw.core.decision import Action
+from cpmiw.core.devices import Device
 from cpmiw.core.profile import Profile, ProfileError
 from cpmiw.core.routing import Plan, Request, plan, target_of
-from cpmiw.core.services import Family, Service
+from cpmiw.core.services import Service
 from cpmiw.settings import load_settings
 from cpmiw.store.redis import StoreError
 from cpmiw.testing import make_profile
@@ -35,8 +36,8 @@ def lookup(identity: str) -> Profile | None:
     return PROFILES.get(identity)
 
 
-def no_devices_known(_aor: str) -> list[frozenset[Family]]:
-    return [frozenset()]  # one device that registered no tags: takes what the profile says
+def no_devices_known(_aor: str) -> list[Device]:
+    return [Device("sip:ue@192.0.2.1")]  # registered no tags: takes what the profile says
 
 
 def message(ruri: str, *, source: str = "127.0.0.1", route: str = "", **headers: str) -> Request:
@@ -275,7 +276,7 @@ def test_options_answered_on_behalf_of_a_subscriber_without_cpm() -> None:
 def test_registrations_are_asked_only_for_messaging_to_a_known_subscriber() -> None:
     asked: list[str] = []
 
-    def registrations(aor: str) -> list[frozenset[Family]]:
+    def registrations(aor: str) -> list[Device]:
         asked.append(aor)
         return []
 

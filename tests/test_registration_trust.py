@@ -21,10 +21,11 @@ import pytest
 
 from conftest import Network, RedisServer, make_network, start_redis
 from cpmiw.core.credential import from_password
+from cpmiw.core.devices import Device
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
 from cpmiw.core.services import Family
-from cpmiw.ops.rpc import Contact, KamailioRpc
+from cpmiw.ops.rpc import KamailioRpc
 from cpmiw.store.credentials import CredentialStore, credential_key
 from cpmiw.testing.digest import authorization, challenge_params
 from cpmiw.testing.sipnet import Peer
@@ -68,7 +69,7 @@ def _with_password(net: Network, services: str = "cpm") -> Profile:
     return profile
 
 
-def _contacts(net: Network, aor: str) -> list[Contact]:
+def _contacts(net: Network, aor: str) -> list[Device]:
     with KamailioRpc(str(net.kamailio.rpc_socket)) as rpc:
         return rpc.contacts(aor)
 

@@ -87,6 +87,7 @@ VARIABLES: list[tuple[str, str, Read, object, object]] = [
     ("CPMIW_ON_PROFILE_ERROR", "deliver", lambda s: s.rules.deliver_on_profile_error, True, False),
     ("CPMIW_RETRY_AFTER", "120", lambda s: s.retry_after, 120, 30),
     ("CPMIW_AS_TIMEOUT_MS", "500", lambda s: s.as_timeout, 500, 2000),
+    ("CPMIW_FALLBACK_MS", "1500", lambda s: s.fallback_timeout, 1500, 5000),
     ("CPMIW_OPTIONS", "relay", lambda s: s.rules.answer_options, False, True),
     ("CPMIW_CONVERSATION_TTL", "3600", lambda s: s.conversation_ttl, 3600, 86400),
     ("CPMIW_SHADOW", "on", lambda s: s.shadow, True, False),

@@ -118,6 +118,12 @@ _METRICS = {
         "Application server failures (408, 5xx, no answer), by the default handling applied.",
         ("handling",),
     ),
+    "cpmiw_sms_fallbacks": _Spec(
+        "counter",
+        "Requests that went to the IP-SM-GW because no registered device took them, by why:"
+        " a device failed (failure) or none answered in time (timeout).",
+        ("reason",),
+    ),
     "cpmiw_as_markers": _Spec(
         "counter",
         "Valid AS markers: honoured, replayed (refused), or honoured-unshared (honoured on this"
@@ -345,6 +351,12 @@ def count_marker(result: str) -> None:
     """A valid AS marker: honoured, replayed or honoured-unshared."""
     if _directory is not None:
         _count(("cpmiw_as_markers", result))
+
+
+def count_sms_fallback(reason: str) -> None:
+    """The devices of a subscriber with SMS did not take a request: the IP-SM-GW gets it."""
+    if _directory is not None:
+        _count(("cpmiw_sms_fallbacks", reason))
 
 
 def count_lookup(result: str) -> None:

@@ -59,6 +59,7 @@ class Settings:
     route_host: str  # host[:port] of the route back from an AS (a name of every proxy)
     retry_after: int
     as_timeout: int  # ms an AS has to answer before its default handling applies
+    fallback_timeout: int  # ms the devices have to answer before the SMS fallback (0: tm's)
     conversation_ttl: int  # s the CPM conversation of an SMS interworking is remembered
     shadow: bool  # decide, log and count, but deliver everything unchanged
     decision_log: DecisionLog
@@ -194,6 +195,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         route_host=env.get("CPMIW_ROUTE_HOST") or f"{sip_addr}:{sip_port}",
         retry_after=_int(env, "CPMIW_RETRY_AFTER", 30),
         as_timeout=_int(env, "CPMIW_AS_TIMEOUT_MS", 2000),
+        fallback_timeout=_int(env, "CPMIW_FALLBACK_MS", 5000),
         conversation_ttl=_int(env, "CPMIW_CONVERSATION_TTL", 86400),
         shadow=_choice(env, "CPMIW_SHADOW", "off", ("off", "on")) == "on",
         decision_log=DecisionLog(

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from . import fields
 from .services import (
     CPM_BY_ICSI,
     ICSI_FEATURE,
@@ -174,12 +173,3 @@ def device_families(contact: str) -> frozenset[Family]:
     if SMSIP_TAG in tags:
         found.add(Family.SMS)
     return frozenset(found)
-
-
-def registered_contacts(contact_header: str) -> list[tuple[str, frozenset[Family]]]:
-    """(URI, families) of each entry of a REGISTER's Contact header; `*` has none."""
-    return [
-        (fields.address_uri(entry.text), device_families(entry.text))
-        for entry in fields.entries(contact_header)
-        if entry.text != "*"
-    ]

@@ -19,6 +19,7 @@ the profile alone says what the recipient takes.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from .profile import Interworking, Profile
@@ -94,6 +95,8 @@ NO_SERVICE = Decision(Action.REJECT, "no-service", 488, "Not Acceptable Here")
 
 
 NOT_REGISTERED = Decision(Action.REJECT, "not-registered", 480, "Temporarily Unavailable")
+SUBSCRIBED = Decision(Action.DELIVER, "subscribed")
+SMS_WITHOUT_AS = "sms-without-as"  # an SMS user's request delivered to its devices, without AS
 
 # What each registered device can take, from the feature tags of its Contact; None when the
 # registrations are not known (then the profile alone decides). A device that registered no
@@ -103,10 +106,22 @@ Devices = list[frozenset[Family]] | None
 
 def reachable(profile: Profile, devices: Devices) -> frozenset[Family]:
     """The families the subscriber can be reached with over IP right now."""
+    if devices is not None and len(devices) == 1 and devices[0]:
+        return devices[0]  # the common case, without building sets
     subscribed = frozenset(profile.services)
     if devices is None:
         return subscribed
     return frozenset().union(*(tags or subscribed for tags in devices))
+
+
+@functools.lru_cache(maxsize=256)
+def _interworking(
+    action: Action, interworking: Interworking, rewrite_to: Service | None, target: str | None
+) -> Decision:
+    """An interworking decision; made once per process for each kind (a hit costs far less)."""
+    return Decision(
+        action, f"interworking-{interworking.value}", rewrite_to=rewrite_to, target=target
+    )
 
 
 def decide(
@@ -132,18 +147,18 @@ def decide(
         return BARRED
     online = reachable(profile, devices)
     if profile.has(family) and family in online:
-        return Decision(Action.DELIVER, "subscribed")
+        return SUBSCRIBED
     other, mapping = _COUNTERPART.get(family, (None, {}))
     if other in online and service in mapping:
         policy_action = _INTERWORKING_ACTION[profile.interworking]
         action = (
             Action.REWRITE if policy_action is Action.TO_IM_AS and not use_as else policy_action
         )
-        return Decision(
+        return _interworking(
             action,
-            f"interworking-{profile.interworking.value}",
-            rewrite_to=mapping[service] if action is Action.REWRITE else None,
-            target=(profile.im_as or policy.im_as) if action is Action.TO_IM_AS else None,
+            profile.interworking,
+            mapping[service] if action is Action.REWRITE else None,
+            (profile.im_as or policy.im_as) if action is Action.TO_IM_AS else None,
         )
     if profile.has(Family.SMS) and family is not Family.SMS:
         if (
@@ -152,7 +167,7 @@ def decide(
         ):
             return Decision(Action.REJECT, "file-transfer-to-sms", 488, "Not Acceptable Here")
         if not use_as:
-            return Decision(Action.DELIVER, "sms-without-as")
+            return Decision(Action.DELIVER, SMS_WITHOUT_AS)
         return Decision(
             Action.TO_IP_SM_GW, "sms-interworking", target=profile.ip_sm_gw or policy.ip_sm_gw
         )

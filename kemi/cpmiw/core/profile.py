@@ -55,6 +55,9 @@ class Profile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     ip_sm_gw: Uri | None = None
     interworking: Interworking = Interworking.REWRITE
     as_failure: AsFailure = AsFailure.CONTINUE
+    # With `sms` among the services: when no device takes a CPM or IM request delivered to the
+    # subscriber's devices (each failed, or none answered in time), the IP-SM-GW gets it.
+    sms_fallback: bool = True
 
     def __post_init__(self) -> None:
         if self.format != FORMAT_VERSION:

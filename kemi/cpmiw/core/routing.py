@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from . import fields, marker
+from .branches import Fork, fork
 from .classify import ServiceHeaders, classify
-from .decision import Action, Decision, Devices, Policy, decide
+from .decision import NOT_REGISTERED, Action, Decision, Policy, decide
+from .devices import Device
 from .identity import IdentityError, canonical, host_of
 from .profile import Profile, ProfileError
 from .services import CPM_SERVICES, Family, Service
@@ -36,8 +38,8 @@ class NotReadyError(UnavailableError):
 
 # Finds the profile owning a canonical identity; raises UnavailableError or ProfileError.
 Lookup = Callable[[str], Profile | None]
-# The devices registered for an AOR, each as the families its Contact's feature tags name.
-Registrations = Callable[[str], list[frozenset[Family]]]
+# The devices registered for an AOR.
+Registrations = Callable[[str], list[Device]]
 # Whether a valid AS marker is honoured for the first time, recording that it now is: a second
 # use is a replay.
 FirstUse = Callable[[str], bool]
@@ -92,6 +94,8 @@ class Request:
     cseq: str = ""  # the CSeq number
     source: str = ""  # the sender's IP address
     route: str = ""  # every Route header line, joined by commas
+    reject_contact: str = ""  # every line joined by commas, as Accept-Contact in `headers`
+    disposition: str = ""  # Request-Disposition
 
     @property
     def method(self) -> str:
@@ -110,12 +114,15 @@ class Plan:
     decision: Decision
     identity: str | None = None
     profile: Profile | None = None
-    devices: Devices = None
+    devices: list[Device] | None = None  # registered devices (None: not asked)
     warnings: tuple[str, ...] = field(default=())
     untrusted: bool = False  # sender may not assert services: drop its P-Asserted-Service
     marker: str | None = None  # the valid AS marker the request came back with
     routed: bool = False  # the request carries Route headers (ours or preloaded): drop them
     fallback: Decision | None = None  # to an AS: the decision should the AS fail (`continue`)
+    fork: Fork | None = None  # the decision delivers to these devices (core/branches.py)
+    fallback_fork: Fork | None = None  # the fallback's
+    sms_fallback: str | None = None  # the IP-SM-GW that gets the request if no device takes it
 
     @property
     def aor(self) -> str | None:
@@ -181,16 +188,23 @@ def plan(
     devices = None
     if profile is not None and not profile.barred and service.family is not None:
         devices = registrations(profile.registration_aor)
+    sms_fallback = fallback = fallback_fork = None
     if token is not None:
         # Delivered with the tag the recipient understands, never handed to an AS again.
-        decision = _renamed(_decide(request, service, profile, devices, rules, False), RETURNED)
-        fallback = None
+        decision, use_as = _decide(request, service, profile, devices, rules, False)
+        decision, delivery = _delivery(request, service, decision, profile, devices, rules, False)
+        decision = _renamed(decision, RETURNED)
     else:
-        decision = _decide(request, service, profile, devices, rules, True)
-        fallback = None
+        decision, use_as = _decide(request, service, profile, devices, rules, True)
+        decision, delivery = _delivery(request, service, decision, profile, devices, rules, use_as)
+        if delivery is not None and use_as and profile is not None and profile.sms_fallback:
+            sms_fallback = _to_sms(request, service, profile, rules)
         if decision.target is not None:
-            without_as = decide(service, profile, rules.policy, devices, use_as=False)
-            fallback = _renamed(without_as, AS_FAILED_CONTINUE)
+            without_as = _decide(request, service, profile, devices, rules, False)[0]
+            fallback, fallback_fork = _delivery(
+                request, service, without_as, profile, devices, rules, False
+            )
+            fallback = _renamed(fallback, AS_FAILED_CONTINUE)
     return Plan(
         service,
         decision,
@@ -202,6 +216,9 @@ def plan(
         token,
         routed,
         fallback,
+        delivery,
+        fallback_fork,
+        sms_fallback,
     )
 
 
@@ -218,20 +235,68 @@ def _decide(
     request: Request,
     service: Service,
     profile: Profile | None,
-    devices: Devices,
+    devices: list[Device] | None,
     rules: Rules,
     use_as: bool,
-) -> Decision:
-    """The decision; `use_as=False` for a request back from an AS."""
+) -> tuple[Decision, bool]:
+    """The decision, and whether it may use an AS; `use_as=False` for a request back from an
+    AS."""
     if request.method == "OPTIONS" and profile is not None and rules.answer_options:
         answer = answer_options(profile, rules.policy)
         if answer is not None:
-            return answer
-    decision = decide(service, profile, rules.policy, devices, use_as=use_as)
+            return answer, use_as
+    families = None if devices is None else [d.families for d in devices]
+    decision = decide(service, profile, rules.policy, families, use_as=use_as)
     if decision.target is not None and host_of(decision.target) == request.source:
         # Sent by that very AS: not back to it, but to the recipient.
-        return _renamed(decide(service, profile, rules.policy, devices, use_as=False), "from-as")
-    return decision
+        without_as = decide(service, profile, rules.policy, families, use_as=False)
+        return _renamed(without_as, "from-as"), False
+    return decision, use_as
+
+
+NO_MATCHING_DEVICE = "no-matching-device"
+
+
+def _delivery(
+    request: Request,
+    service: Service,
+    decision: Decision,
+    profile: Profile | None,
+    devices: list[Device] | None,
+    rules: Rules,
+    use_as: bool,
+) -> tuple[Decision, Fork | None]:
+    """The fork of a decision that delivers to the subscriber's devices. When no device can take
+    the request, the decision becomes the IP-SM-GW for a subscriber with SMS (if `use_as`), or
+    the reject the decision table gives a subscriber without devices."""
+    if (
+        decision.action not in (Action.DELIVER, Action.REWRITE)
+        or profile is None
+        or devices is None
+        or service.family is None
+    ):
+        return decision, None
+    preferences = (request.headers.accept_contact, request.reject_contact, request.disposition)
+    found = fork(service, decision, profile, rules.policy, devices, preferences, use_as=use_as)
+    if found.branches:
+        return decision, found
+    nobody = decide(service, profile, rules.policy, [], use_as=use_as)
+    if nobody.action is Action.TO_IP_SM_GW and _to_sms(request, service, profile, rules):
+        return replace(nobody, rule=NO_MATCHING_DEVICE), None
+    if nobody.action is Action.REJECT and nobody is not NOT_REGISTERED:
+        return nobody, None
+    return replace(NOT_REGISTERED, rule=NO_MATCHING_DEVICE), None
+
+
+def _to_sms(request: Request, service: Service, profile: Profile, rules: Rules) -> str | None:
+    """The IP-SM-GW that takes the request when no device of the subscriber does, if any (and
+    not the sender)."""
+    if not profile.has(Family.SMS):
+        return None
+    nobody = decide(service, profile, rules.policy, [])
+    if nobody.action is not Action.TO_IP_SM_GW or nobody.target is None:
+        return None
+    return None if host_of(nobody.target) == request.source else nobody.target
 
 
 def answer_options(profile: Profile, policy: Policy) -> Decision | None:

@@ -14,17 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..core.branches import Fork
 from ..core.classify import ServiceHeaders, classify
 from ..core.decision import NOT_REGISTERED, Decision
+from ..core.devices import Device
 from ..core.message import SipMessage, header_entries
 from ..core.profile import Profile
 from ..core.routing import Lookup, Plan, Request, plan
-from ..core.services import IM_TAG_FOR, SMS_CONTENT_TYPE, Family, Service, icsi_urn
+from ..core.services import IM_TAG_FOR, SMS_CONTENT_TYPE, Service, icsi_urn
 from ..settings import Settings
-from .rpc import Contact
 
 # The registered contacts of an AOR, as the running proxy knows them; None when unknown.
-Contacts = Callable[[str], list[Contact]]
+Contacts = Callable[[str], list[Device]]
 
 
 class RequestError(ValueError):
@@ -82,6 +83,8 @@ def request_from_message(data: bytes, source: str | None) -> Request:
         cseq=(message.header("CSeq") or "").split(" ", 1)[0],
         source=source,
         route=_joined(message, "Route"),
+        reject_contact=_joined(message, "Reject-Contact"),
+        disposition=_joined(message, "Request-Disposition"),
     )
 
 
@@ -92,9 +95,10 @@ class Explanation:
     request: Request
     plan: Plan
     decision: Decision
-    contacts: list[Contact] | None  # None: the proxy's registrations could not be read
+    contacts: list[Device] | None  # None: the proxy's registrations could not be read
     contacts_error: str = ""
     shadow: bool = False
+    fallback_timeout: int = 0  # ms (CPMIW_FALLBACK_MS)
     settings_source: str = ""  # where the settings came from: the running proxy, or a file
 
     def with_settings_source(self, source: str) -> Explanation:
@@ -118,10 +122,25 @@ class Explanation:
             ]
         if not self.contacts:
             return ["none registered"]
-        return [
-            f"{c.uri} ({','.join(sorted(f.value for f in c.families)) or 'no tags'})"
-            for c in self.contacts
+        return [_device(c) for c in self.contacts]
+
+    def _branch_lines(self, fork: Fork, devices: list[Device]) -> list[str]:
+        """Each device the request would reach, with its tag, and those left out."""
+        lines = [
+            f"{_device(devices[b.device])} -> {b.service.value}"
+            + (", tag rewritten" if b.service is not fork.service else "")
+            + (f", stage {b.stage + 1}" if fork.serial else "")
+            for b in fork.branches
         ]
+        lines += [f"{_device(devices[out.device])} left out: {out.why}" for out in fork.left_out]
+        return lines
+
+    def _fallback_line(self) -> str:
+        timer = f"{self.fallback_timeout} ms" if self.fallback_timeout else "tm's timers"
+        return (
+            f"{self.plan.sms_fallback} (IP-SM-GW) if every device fails (408, 480, 486, 5xx)"
+            f" or none answers within {timer}"
+        )
 
     def lines(self) -> list[str]:
         """The explanation for a human, one fact a line; the last line is the log's fields."""
@@ -136,6 +155,11 @@ class Explanation:
             profile = routing.profile
             out.append(f"profile:  {self._profile_line(profile) if profile else 'none'}")
             out += [f"contacts: {line}" for line in self._contact_lines()]
+        if routing.fork is not None and routing.devices and self.contacts is not None:
+            lines = self._branch_lines(routing.fork, routing.devices)
+            out += [f"branch:   {line}" for line in lines]
+        if routing.sms_fallback is not None and self.contacts is not None:
+            out.append(f"fallback: {self._fallback_line()}")
         out += [f"warning:  {warning}" for warning in routing.warnings]
         out.append(
             f"decision: {decision.summary}{f' -> {decision.target}' if decision.target else ''}"
@@ -147,6 +171,8 @@ class Explanation:
 
     def as_json(self) -> dict[str, object]:
         decision = self.decision
+        fork = self.plan.fork if self.contacts is not None else None
+        devices = self.plan.devices or []
         return {
             "method": self.request.method,
             "ruri": self.request.ruri,
@@ -160,6 +186,16 @@ class Explanation:
                 {"uri": c.uri, "families": sorted(f.value for f in c.families)}
                 for c in self.contacts
             ],
+            "branches": None
+            if fork is None
+            else [
+                {"uri": devices[b.device].uri, "service": b.service.value, "stage": b.stage + 1}
+                for b in fork.branches
+            ],
+            "left_out": None
+            if fork is None
+            else [{"uri": devices[out.device].uri, "why": out.why} for out in fork.left_out],
+            "sms_fallback": self.plan.sms_fallback if self.contacts is not None else None,
             "action": decision.action.value,
             "rule": decision.rule,
             "status": decision.status or None,
@@ -171,6 +207,12 @@ class Explanation:
         }
 
 
+def _device(device: Device) -> str:
+    """A registered device and what it takes."""
+    families = ",".join(sorted(f.value for f in device.families)) or "no tags"
+    return f"{device.uri} ({families})"
+
+
 def explain(
     request: Request,
     settings: Settings,
@@ -179,18 +221,18 @@ def explain(
     contacts_error: str = "",
 ) -> Explanation:
     """Plans `request` as the proxy would; `contacts` None when registrations are unknown."""
-    fetched: dict[str, list[Contact]] = {}
+    fetched: dict[str, list[Device]] = {}
 
-    def registered(aor: str) -> list[Contact]:
+    def registered(aor: str) -> list[Device]:
         assert contacts is not None
         if aor not in fetched:
             fetched[aor] = contacts(aor)
         return fetched[aor]
 
-    def registrations(aor: str) -> list[frozenset[Family]]:
+    def registrations(aor: str) -> list[Device]:
         if contacts is None:  # unknown: one device that takes whatever the profile has
-            return [frozenset()]
-        return [contact.families for contact in registered(aor)]
+            return [Device("")]
+        return registered(aor)
 
     routing = plan(request, settings.rules, lookup, registrations, time.time())
     decision = routing.decision
@@ -198,4 +240,12 @@ def explain(
         decision = NOT_REGISTERED  # the adapter's last step: nobody to deliver to
     aor = routing.aor or (routing.profile.registration_aor if routing.profile else None)
     shown = None if contacts is None else registered(aor) if aor else []
-    return Explanation(request, routing, decision, shown, contacts_error, settings.shadow)
+    return Explanation(
+        request,
+        routing,
+        decision,
+        shown,
+        contacts_error,
+        settings.shadow,
+        settings.fallback_timeout,
+    )

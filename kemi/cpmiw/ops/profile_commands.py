@@ -172,6 +172,12 @@ _FIELD_OPTIONS = [
         help="When an AS fails (408, 5xx, no answer): continue as if there were no AS, or"
         " terminate with the AS's failure.",
     ),
+    click.option(
+        "--sms-fallback/--no-sms-fallback",
+        default=None,
+        help="With sms: the IP-SM-GW gets a CPM or IM request none of the subscriber's devices"
+        " took (every device failed, or none answered in time).",
+    ),
     click.option("--im-as", help="This subscriber's IM AS (SIP URI; 'none' for the default)."),
     click.option("--ip-sm-gw", help="This subscriber's IP-SM-GW (SIP URI; 'none': default)."),
 ]

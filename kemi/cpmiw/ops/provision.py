@@ -34,6 +34,7 @@ FORMATS = ("json", "jsonl", "csv")
 COLUMNS: tuple[str, ...] = Profile.__struct_fields__
 REQUIRED_COLUMNS = ("identities", "services")
 _LIST_FIELDS = frozenset({"identities", "services"})
+_BOOLEAN_FIELDS = frozenset({"barred", "sms_fallback"})
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _AT_PATH = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<path>[^`]*)`$")
 
@@ -148,9 +149,9 @@ def _from_jsonl(data: bytes, name: str, progress: Progress) -> list[Entry]:
 def _cell(column: str, value: str, where: str) -> object:
     if column in _LIST_FIELDS:
         return value.split()
-    if column == "barred":
+    if column in _BOOLEAN_FIELDS:
         if value.lower() not in _BOOLEANS:
-            raise InputError(f"{where}: barred: expected true or false, got {value!r}")
+            raise InputError(f"{where}: {column}: expected true or false, got {value!r}")
         return _BOOLEANS[value.lower()]
     if column == "format":
         if not value.isdigit():

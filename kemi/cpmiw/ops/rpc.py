@@ -14,12 +14,11 @@ import os
 import shutil
 import socket
 import tempfile
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from ..core.devices import usrloc_key
-from ..core.services import DEVICE_TABLE, Family, families_of_text
+from ..core.devices import Device, usrloc_key
+from ..core.services import DEVICE_TABLE
 from ..settings import PUBLISHED_VARIABLE
 
 _MAX_DATAGRAM = 1 << 20
@@ -30,14 +29,6 @@ _NO_KEY = "doesn't exist"
 
 class RpcError(RuntimeError):
     """Kamailio could not be asked (no socket, no answer) or answered with an error."""
-
-
-@dataclass(frozen=True)
-class Contact:
-    """A registered contact and the families its device said it takes (empty: said nothing)."""
-
-    uri: str
-    families: frozenset[Family]
 
 
 class KamailioRpc:
@@ -92,8 +83,9 @@ class KamailioRpc:
             raise RpcError(f"pv.shvGet {PUBLISHED_VARIABLE}: no settings published ({value!r})")
         return {str(name): str(setting) for name, setting in published.items()}
 
-    def contacts(self, aor: str) -> list[Contact]:
-        """The contacts registered for `aor` (none: an empty list), with their families."""
+    def contacts(self, aor: str) -> list[Device]:
+        """The contacts registered for `aor` (none: an empty list), with the feature parameters
+        their devices registered."""
         try:
             found = self.call("ul.lookup", "location", usrloc_key(aor))
         except RpcError as error:
@@ -101,15 +93,18 @@ class KamailioRpc:
                 return []
             raise
         entries = found.get("Contacts", []) if isinstance(found, dict) else []
-        uris = [entry["Contact"]["Address"] for entry in entries if "Contact" in entry]
-        return [Contact(uri, self._families(uri)) for uri in uris]
+        contacts = [entry["Contact"] for entry in entries if "Contact" in entry]
+        return [
+            Device(c["Address"], round(float(c.get("Q", 1)) * 1000), self._features(c["Address"]))
+            for c in contacts
+        ]
 
-    def _families(self, uri: str) -> frozenset[Family]:
+    def _features(self, uri: str) -> str:
         try:
             item = self.call("htable.get", DEVICE_TABLE, uri)
         except RpcError as error:
-            if _NO_KEY in str(error):  # the device registered no tags the plugin kept
-                return frozenset()
+            if _NO_KEY in str(error):  # the plugin kept nothing for it
+                return ""
             raise
         value = item.get("item", {}).get("value", "") if isinstance(item, dict) else ""
-        return families_of_text(str(value))
+        return str(value)

@@ -34,6 +34,8 @@ _FACTS = (
     "$cs",
     "$si",
     "Route",
+    "Reject-Contact",
+    "Request-Disposition",
     PUBLISHED_CHANGES,
 )
 # The facts a rewrite may write back to the request (proxy/delivery.py): read with their bytes.
@@ -97,9 +99,10 @@ def _text(name: str, fact: str) -> str:
 def read_request() -> tuple[Request, str]:
     """The request being routed, and the change stamp published when it was read."""
     facts = _facts()
-    ruri, method, accept, contact, preferred, asserted, content, call_id, cseq, source, route = (
-        facts[:-1]
-    )
+    (
+        ruri, method, accept, contact, preferred, asserted, content, call_id, cseq, source, route,
+        reject, disposition,
+    ) = facts[:-1]  # fmt: skip
     request = Request(
         ruri=ruri,
         headers=ServiceHeaders(method, accept, contact, preferred, asserted, content),
@@ -107,5 +110,7 @@ def read_request() -> tuple[Request, str]:
         cseq=cseq,
         source=source,
         route=route,
+        reject_contact=reject,
+        disposition=disposition,
     )
     return request, facts[-1]

@@ -19,10 +19,12 @@ from ..store.guard import Guard
 from ..store.markers import HonouredMarkers
 from ..store.profiles import ProfileStore
 from ..store.redis import Connections, connect, parse_url
-from . import http, memo, published, registrations, trusted
+from . import fallback, http, memo, published, registrations, trusted
 from .changes import CHANGE_WAIT, ChangeWatcher
 from .conversations import Conversations
 from .delivery import Deliverer
+from .fallback import Fallback
+from .fork import Branches
 from .handoff import HandOff
 from .initial import InitialRouting
 from .memo import Memo
@@ -41,6 +43,8 @@ class Handlers:
         self._admission: registrations.Admission | None = None
         self._memory = MemoryWatcher()  # used by the memory watcher's process only
         self._guard: Guard | None = None
+        self._branches = Branches(settings)
+        self._fallback: Fallback | None = None
 
     def child_init(self, rank: int) -> int:
         # Connections opened before Kamailio forks would be shared by every worker.
@@ -76,6 +80,7 @@ class Handlers:
         self._initial = InitialRouting(
             settings, profiles, registered, deliverer, self._handoff, memo
         )
+        self._fallback = Fallback(settings, self._handoff, conversations)
         # REGISTERs read credentials within the same time budget and breaker as look-ups.
         self._admission = registrations.Admission(settings, CredentialReader(self._guard))
         # Used by the change watcher's process only; opens its connection on first use.
@@ -105,6 +110,23 @@ class Handlers:
         assert self._handoff is not None and self._guard is not None, "child_init made them"
         with self._guard.request():
             self._handoff.failed()
+        return 1
+
+    def device_branch(self, _msg: object) -> int:
+        """branch_route[DEVICE_BRANCH]: a branch of a fork to the subscriber's devices."""
+        self._branches.branch()
+        return 1
+
+    def device_replied(self, _msg: object) -> int:
+        """onreply_route[DEVICE_REPLY]: a device's final answer of 300 or more."""
+        fallback.replied()
+        return 1
+
+    def devices_failed(self, _msg: object) -> int:
+        """failure_route[DEVICE_FAILURE]: a serial fork's next stage, or SMS fallback."""
+        assert self._fallback is not None and self._guard is not None, "child_init made them"
+        with self._guard.request():
+            self._fallback.failed()
         return 1
 
     def watch_changes(self, _msg: object) -> int:

@@ -71,11 +71,24 @@ class HandOff:
         return first
 
     def send(self, routing: Plan, request: Request, as_uri: str) -> None:
-        """Sends the request to the AS with a signed route back to this proxy."""
-        settings = self._settings
+        """Sends the request to the AS with a signed route back to this proxy; if the AS fails,
+        the profile's default handling applies."""
         sms = routing.decision.action is Action.TO_IP_SM_GW
         if sms and routing.service.family is Family.CPM and routing.profile is not None:
             self._conversations.remember(routing.profile.subscriber)
+        handling = routing.profile.as_failure.value if routing.profile else "continue"
+        KSR.pv.sets("$avp(cpmiw_as_failure)", handling)
+        if routing.fallback is not None:
+            KSR.pv.sets(FALLBACK, Delivery.fallback_of(routing).encode())
+        KSR.tm.t_on_reply("AS_REPLY")
+        KSR.tm.t_on_failure("AS_FAILURE")
+        self.route(request, as_uri)
+        relay()
+
+    def route(self, request: Request, as_uri: str) -> None:
+        """Routes the request to the AS, ISC style, on the next relay: the AS's route, then a
+        signed one back to this proxy, added by branch_route[AS_BRANCH]."""
+        settings = self._settings
         bound_to = marker.binding(request.call_id, request.cseq, request.method)
         token = marker.issue(
             settings.rules.secrets[0],
@@ -86,17 +99,10 @@ class HandOff:
         )
         own = f"sip:{settings.route_host};lr;{marker.PARAM}={token}"
         first = as_uri if ";lr" in as_uri.lower() else f"{as_uri};lr"
-        handling = routing.profile.as_failure.value if routing.profile else "continue"
         KSR.pv.sets("$avp(cpmiw_route)", f"<{first}>, <{own}>")
-        KSR.pv.sets("$avp(cpmiw_as_failure)", handling)
-        if routing.fallback is not None:
-            KSR.pv.sets(FALLBACK, Delivery.of(routing, routing.fallback).encode())
         KSR.setdsturi(as_uri)
         KSR.tm.t_on_branch("AS_BRANCH")
-        KSR.tm.t_on_reply("AS_REPLY")
-        KSR.tm.t_on_failure("AS_FAILURE")
         KSR.tm.t_set_fr(0, settings.as_timeout)
-        relay()
 
     def failed(self) -> None:
         """failure_route[AS_FAILURE]: the AS answered 408 / 5xx, or nothing in time.

@@ -84,7 +84,7 @@ class InitialRouting:
             self._handoff.send(routing, request, decision.target)
             return decision
         shape = self._memo.candidate(routing, request, self.stamp_seen)
-        taken = self._deliverer.carry_out(Delivery.of(routing, decision), request)
+        taken = self._deliverer.carry_out(Delivery.of(routing), request)
         if shape is not None and taken is decision:
             self._memo.remember(shape, self.stamp_seen, routing, request)
         return taken

@@ -6,7 +6,8 @@ registrar's look-up of the same AOR, t_relay(), a count in htable `tally` (rende
 plugin's metrics) and, with CPMIW_DECISION_LOG=all, the same decision log line.
 
 Only what cannot differ is remembered: a deliver or rewrite to a subscriber whose devices were
-read from their summary, from a sender that is not an AS (whose requests may get conversation
+read from their summary and all get the request alike (no tag of their own, no serial fork, no
+SMS fallback to watch for), from a sender that is not an AS (whose requests may get conversation
 headers back), with no Route header and no warning. Bounded: an entry lives at most
 CPMIW_MEMO_TTL (less a random quarter, so that entries made together do not expire together)
 and not past a contact expiry of its summary; none is written while less than half the shared
@@ -34,7 +35,8 @@ TALLY = "tally"  # htable (kamailio.cfg): requests replayed, per labels
 # without it (core.memo.contact_free): keep them the same as kamailio.cfg's.
 _SHAPE = (
     "$_s($ru|$rm|$si|$(hdr(Accept-Contact)[*])|{contact}"
-    "|$(hdr(P-Preferred-Service)[*])|$(hdr(P-Asserted-Service)[*])|$(hdr(Content-Type)[*]))"
+    "|$(hdr(P-Preferred-Service)[*])|$(hdr(P-Asserted-Service)[*])|$(hdr(Content-Type)[*])"
+    "|$(hdr(Reject-Contact)[*])|$(hdr(Request-Disposition)[*]))"
 )
 SHAPES = {False: _SHAPE.format(contact="$(hdr(Contact)[*])"), True: _SHAPE.format(contact="*")}
 _ITERATOR = "cpmiw_tally"
@@ -72,6 +74,8 @@ class Memo:
             or routing.routed
             or routing.warnings
             or routing.profile is None
+            or (routing.fork is not None and not routing.fork.uniform)
+            or routing.sms_fallback is not None
             or request.source in self._as_addresses
             or self._registered.summary is None
             or self._registered.summary[0] != routing.profile.registration_aor

@@ -8,9 +8,10 @@ REGISTER gets the Contact (and Path) of the device its body names before it is s
 not bind is answered here (401, 403, 400, 503); what may is saved by kamailio.cfg (registrar
 `save()`, without replying, at most CPMIW_MAX_CONTACTS contacts an AOR).
 
-On each successful REGISTER the plugin then notes what each contact's device said it takes
-(htable `caps`) and rewrites the AOR's summary (htable `devices`, core/devices.py) before the
-registrar's 200 is sent; routing reads the summary in one call, or usrloc when there is none.
+On each successful REGISTER the plugin then notes the feature parameters of each contact (htable
+`caps`: what its device takes) and rewrites the AOR's summary (htable `devices`, core/devices.py)
+before the registrar's 200 is sent; routing reads the summary in one call, or usrloc when there
+is none.
 """
 
 from __future__ import annotations
@@ -23,20 +24,18 @@ import KSR  # provided by app_python3 inside Kamailio
 
 from .. import metrics
 from ..core import devices, thirdparty
-from ..core.classify import registered_contacts
 from ..core.credential import CredentialError, realm_of
+from ..core.devices import Device
 from ..core.identity import IdentityError, canonical
 from ..core.message import encode
 from ..core.registration import Register, Step, admit
-from ..core.services import DEVICE_TABLE, Family, families_of_text, families_text
+from ..core.services import DEVICE_TABLE
 from ..settings import Settings
 from ..store.credentials import CredentialReader
 from ..store.redis import StoreError
 from .ksr import all_lines, append_header, exact, pv
 
 DEFAULT_EXPIRES = 3600  # s: a third-party REGISTER without Expires (the registrar's default)
-# What a device registered it takes (htable `caps`), as families; a handful of distinct texts.
-_tags = functools.lru_cache(maxsize=64)(families_of_text)
 # The registered contacts fetched by reg_fetch_contacts(..., "cpmiw"): count, then each one's.
 CONTACT_COUNT = "$ulc(cpmiw=>count)"
 
@@ -46,31 +45,36 @@ def _contact(attribute: str, index: int) -> str:
     return f"$(ulc(cpmiw=>{attribute})[{index}])"
 
 
-def _contacts(aor: str) -> list[tuple[int, frozenset[Family]]]:
-    """Each contact of `aor` in usrloc: its expiry (Unix time, 0: never) and what it takes."""
+def _device(index: int) -> Device:
+    """The contact fetched at `index`, with the feature parameters its device registered."""
+    get = KSR.pv.get
+    uri = pv(_contact("addr", index))
+    return Device(
+        uri,
+        int(get(_contact("q", index)) or 0),
+        str(KSR.htable.sht_get(DEVICE_TABLE, uri) or ""),
+        int(get(_contact("expires", index)) or 0),
+    )
+
+
+def _contacts(aor: str) -> list[Device]:
+    """Each contact of `aor` in usrloc."""
     if KSR.registrar.reg_fetch_contacts("location", aor, "cpmiw") < 0:
         return []
     try:
-        get, tags = KSR.pv.get, KSR.htable.sht_get
-        return [
-            (
-                int(get(_contact("expires", index)) or 0),
-                _tags(tags(DEVICE_TABLE, pv(_contact("addr", index))) or ""),
-            )
-            for index in range(int(get(CONTACT_COUNT) or 0))
-        ]
+        return [_device(index) for index in range(int(KSR.pv.get(CONTACT_COUNT) or 0))]
     finally:
         KSR.registrar.reg_free_contacts("cpmiw")
 
 
 class RegisteredDevices:
-    """The recipient's registered devices, with what each registered it can take (a
-    `routing.Registrations` for one worker), and the summary the last answer was read from."""
+    """The recipient's registered devices (a `routing.Registrations` for one worker), and the
+    summary the last answer was read from."""
 
     def __init__(self) -> None:
         self.summary: tuple[str, str] | None = None  # (AOR, summary text) of the last answer
 
-    def __call__(self, aor: str) -> list[frozenset[Family]]:
+    def __call__(self, aor: str) -> list[Device]:
         self.summary = None
         text = KSR.htable.sht_get(devices.SUMMARY_TABLE, devices.usrloc_key(aor))
         if text is not None:
@@ -81,7 +85,7 @@ class RegisteredDevices:
             else:
                 self.summary = aor, str(text)
                 return found
-        return [families for _, families in _contacts(aor)]
+        return _contacts(aor)
 
 
 def forget(aor: str) -> None:
@@ -90,11 +94,11 @@ def forget(aor: str) -> None:
 
 
 def registered() -> None:
-    """After a REGISTER was saved: what each contact's device takes, and the AOR's summary."""
+    """After a REGISTER was saved: what each contact's device registered, and the AOR's summary."""
     aor = pv("$tu")
     try:
-        for uri, families in registered_contacts(pv(all_lines("Contact"))):
-            KSR.htable.sht_sets(DEVICE_TABLE, uri, families_text(families))
+        for uri, features in devices.registered_contacts(pv(all_lines("Contact"))):
+            KSR.htable.sht_sets(DEVICE_TABLE, uri, features)
         contacts = _contacts(aor)
     except Exception:
         error = traceback.format_exc()

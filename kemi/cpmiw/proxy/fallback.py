@@ -1,0 +1,112 @@
+"""When the devices do not take a request: the next stage of a serial fork, then SMS fallback.
+
+A request delivered to a subscriber's devices is watched (onreply_route[DEVICE_REPLY] and
+failure_route[DEVICE_FAILURE], kamailio.cfg) when it forks serially or may fall back to SMS
+(`Plan.sms_fallback`: a subscriber with SMS whose profile keeps `sms_fallback` on). Then each
+stage of devices has CPMIW_FALLBACK_MS to answer (tm's final-response timers of the
+transaction). When every device failed, failure_route calls `failed()`:
+
+- the caller cancelled: nothing more (kamailio.cfg, before calling it);
+- a 6xx, or any 2xx, ends it: tm relays it (a 2xx never reaches failure_route);
+- a serial fork with a stage left: that stage;
+- otherwise, if every device answered 408, 480, 486 or 5xx, or did not answer in time, the
+  request goes to the IP-SM-GW as for any CPM traffic to SMS (signed route back, conversation
+  remembered), counted and logged; the IP-SM-GW's answer is the caller's. A device that
+  answered anything else (488, 603, ...) turned it down itself: the caller gets that.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+
+import KSR  # provided by app_python3 inside Kamailio
+
+from .. import metrics
+from ..core.branches import decode
+from ..core.decision import Action, Decision
+from ..core.services import Family, Service
+from ..settings import Settings
+from . import fork
+from .conversations import Conversations
+from .facts import read_request
+from .handoff import HandOff
+from .ksr import pv
+from .log import record
+
+SMS_FALLBACK = "$avp(cpmiw_sms_fallback)"  # JSON: [IP-SM-GW, subscriber, service]
+REFUSED = "$avp(cpmiw_refused)"  # a device's final answer that rules the fallback out
+FAILURE_ROUTE = "DEVICE_FAILURE"
+REPLY_ROUTE = "DEVICE_REPLY"
+RULE = "sms-fallback"
+
+
+def falls_back(status: int) -> bool:
+    """Whether a device's failure leaves the request to SMS: it could not take it now."""
+    return status in (408, 480, 486) or 500 <= status < 600
+
+
+def watch() -> None:
+    """Has tm call back on the devices' final answers (kamailio.cfg's device routes)."""
+    KSR.tm.t_on_reply(REPLY_ROUTE)
+    KSR.tm.t_on_failure(FAILURE_ROUTE)
+
+
+def arm(settings: Settings, ip_sm_gw: str, subscriber: str, service: Service) -> None:
+    """The request to the devices falls back to `ip_sm_gw` if none of them takes it in time."""
+    KSR.pv.sets(SMS_FALLBACK, json.dumps([ip_sm_gw, subscriber, service.value]))
+    KSR.tm.t_set_fr(settings.fallback_timeout, settings.fallback_timeout)
+    watch()
+
+
+def replied() -> None:
+    """onreply_route[DEVICE_REPLY], for a final answer >= 300 of a device."""
+    status = int(pv("$rs") or 0)
+    if not falls_back(status):
+        KSR.pv.seti(REFUSED, status)
+
+
+class Fallback:
+    def __init__(self, settings: Settings, handoff: HandOff, conversations: Conversations) -> None:
+        self._settings = settings
+        self._handoff = handoff
+        self._conversations = conversations
+
+    def failed(self) -> None:
+        """failure_route[DEVICE_FAILURE]: every branch of the stage failed."""
+        call_id = pv("$ci")
+        try:
+            status = int(pv("$T_reply_code") or 0)
+            if status >= 600:
+                return
+            tags = pv(fork.TAGS)
+            if tags and decode(tags).serial and fork.next_stage(decode(tags)):
+                KSR.tm.t_on_branch(fork.BRANCH_ROUTE)
+                watch()
+                if KSR.tm.t_relay() > 0:
+                    return
+            armed = pv(SMS_FALLBACK)
+            if armed and not pv(REFUSED) and falls_back(status):
+                self._to_sms(status, *json.loads(armed))
+        except Exception:
+            error = traceback.format_exc()
+            KSR.err(f"cpmiw: device failure not handled call-id={call_id}: {error}\n")
+
+    def _to_sms(self, status: int, ip_sm_gw: str, subscriber: str, service: str) -> None:
+        started = time.perf_counter()
+        timed_out = KSR.tm.t_branch_timeout() > 0
+        reason = "timeout" if timed_out else "failure"
+        KSR.info(
+            f"cpmiw: devices of {subscriber} did not take it ({status}, {reason}):"
+            f" SMS fallback to {ip_sm_gw} call-id={pv('$ci')}\n"
+        )
+        metrics.count_sms_fallback(reason)
+        request, _ = read_request()
+        if Service(service).family is Family.CPM:
+            self._conversations.remember(subscriber)
+        KSR.pv.sets("$ru", pv("$ou"))  # the subscriber as addressed, not its last device
+        decision = Decision(Action.TO_IP_SM_GW, RULE, target=ip_sm_gw)
+        record(self._settings, request, Service(service), decision, (), started)
+        self._handoff.route(request, ip_sm_gw)
+        KSR.tm.t_relay()

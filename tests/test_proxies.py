@@ -133,6 +133,13 @@ def _deliver(caller: Peer, ue: Peer, proxy: Kamailio, request: SipMessage) -> Si
     return received
 
 
+def _known(proxy: Kamailio, *aors: str) -> None:
+    """Waits until `proxy` holds the devices summary of each AOR: registrations made through
+    another proxy reach it by DMQ, a few milliseconds after that proxy answered the REGISTER (and
+    later still while the proxies' DMQ handshake, after a start, is under way)."""
+    wait_until(lambda: all(_summary(proxy, aor) is not None for aor in aors), "replication")
+
+
 def _summary(proxy: Kamailio, aor: str) -> str | None:
     with KamailioRpc(str(proxy.rpc_socket)) as rpc:
         try:
@@ -153,6 +160,7 @@ def test_a_device_registered_through_one_proxy_is_reached_through_the_other(
     dave = _subscriber(pair, "cpm")
     with Peer() as caller, _registered(a, dave, IM_TAG) as ue:
         registered_at = time.monotonic()
+        _known(b, dave.registration_aor)
         # Its tags (caps) and its AOR's summary (devices) came along: B rewrites CPM to IM.
         received = _deliver(caller, ue, b, cpm_message(caller, dave.registration_aor))
         delay = time.monotonic() - registered_at
@@ -170,6 +178,7 @@ def test_a_restarted_proxy_learns_the_registrations_back(pair: Proxies) -> None:
     erin = _subscriber(pair, "cpm")
     with Peer() as caller, _registered(pair.proxies[0], erin, IM_TAG) as ue:
         b = pair.restart(1)  # B forgets everything it held in memory
+        _known(b, erin.registration_aor)
         received = _deliver(caller, ue, b, cpm_message(caller, erin.registration_aor))
         assert received.header_values("Accept-Contact")[0].startswith("*;+g.oma.sip-im;require")
 
@@ -222,6 +231,7 @@ def test_a_marker_issued_by_one_proxy_is_honoured_by_the_other_once(pair: Proxie
     a, b = pair.proxies
     erin = _subscriber(pair, "im", interworking="im_as")
     with Peer() as caller, _registered(a, erin) as ue:
+        _known(b, erin.registration_aor)
         forwarded = _to_the_as_and_back(pair, caller, ue, a, b, erin)
         assert " rule=returned-from-as " in b.decision_lines(forwarded.header("Call-ID") or "")[0]
         _replayed_from_the_as(pair, ue, forwarded, a)  # honoured by B: refused by A
@@ -279,6 +289,7 @@ def test_a_proxy_killed_under_load(pair: Proxies) -> None:
     alice, carol = _subscriber(pair, "cpm"), _subscriber(pair, "sms")
     devices = Devices()
     devices.register(a.address, [p.registration_aor for p in [*recipients, erin, alice]])
+    _known(b, *(p.registration_aor for p in [*recipients, erin, alice]))
     devices.start()
     try:
         with Peer() as caller, Peer("127.0.0.4") as gateway:

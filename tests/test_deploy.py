@@ -382,5 +382,11 @@ def test_kamcli_reads_the_proxy_with_the_documented_configuration(
         slot for entry in kamcli("jsonrpc", "htable.dump", "devices") for slot in entry["slot"]
     ]
     (value,) = [slot["value"] for slot in slots if slot["name"] == aor]
-    expires, families = value.split(":")  # one contact: <expiry, Unix time>:<families>
-    assert 0 < int(expires) - time.time() <= 3600 and families == "cpm"
+    # one contact: <expiry, Unix time> <q> <contact URI> <feature parameters>
+    expires, q, uri, features = value.split(" ", 3)
+    assert 0 < int(expires) - time.time() <= 3600
+    assert (q, uri, features) == (
+        "1000",
+        f"sip:{aor.split('@')[0]}@{phone.host}:{phone.port}",
+        CPM_TAG,
+    )

@@ -25,9 +25,9 @@ from cpmiw.core.rewrite import rewrite_feature_header
 from cpmiw.core.services import Service
 from cpmiw.ops.cli import main
 from cpmiw.store.conversations import KEY as CONVERSATIONS
+from cpmiw.testing import ICSI
 from cpmiw.testing.sipnet import Peer
 from sipflows import (
-    ICSI,
     cancel_of,
     chat_invite,
     cpm_message,

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from .core import memo
 from .core.decision import Action
 from .core.profile import AsFailure, Interworking
-from .core.routing import AS_FAILED_CONTINUE, RETURNED
+from .core.routing import AS_FAILED_CONTINUE, NO_MATCHING_DEVICE, RETURNED, SMS_FALLBACK
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -181,6 +181,7 @@ _RULES = (
     "file-transfer-to-sms", "sms-without-as", "sms-interworking", "foreign-domain",
     "not-a-subscriber", "profile-unavailable", "profile-unavailable-deliver", "store-not-ready",
     "options-on-behalf", "from-as", RETURNED, AS_FAILED_CONTINUE, "internal-error",
+    NO_MATCHING_DEVICE, SMS_FALLBACK,
     *(f"interworking-{policy.value}" for policy in Interworking),
 )  # fmt: skip
 _REGISTRATION_OUTCOMES = (
@@ -198,6 +199,7 @@ _KNOWN: dict[str, tuple[tuple[str, ...], ...]] = {
     "cpmiw_rejects": tuple((status,) for status in ("403", "404", "480", "488", "500", "503")),
     "cpmiw_as_default_handling": tuple((handling.value,) for handling in AsFailure),
     "cpmiw_as_markers": (("honoured",), ("replayed",), ("honoured-unshared",)),
+    "cpmiw_sms_fallbacks": (("timeout",), ("failure",)),
     "cpmiw_profile_lookups": tuple(
         (result,) for result in ("hit", "miss", "error", "not-ready", "invalid")
     ),

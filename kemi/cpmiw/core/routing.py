@@ -255,6 +255,7 @@ def _decide(
 
 
 NO_MATCHING_DEVICE = "no-matching-device"
+SMS_FALLBACK = "sms-fallback"  # the devices did not take it: the IP-SM-GW (proxy/fallback.py)
 
 
 def _delivery(

@@ -26,6 +26,7 @@ import KSR  # provided by app_python3 inside Kamailio
 from .. import metrics
 from ..core.branches import decode
 from ..core.decision import Action, Decision
+from ..core.routing import SMS_FALLBACK
 from ..core.services import Family, Service
 from ..settings import Settings
 from . import fork
@@ -35,11 +36,10 @@ from .handoff import HandOff
 from .ksr import pv
 from .log import record
 
-SMS_FALLBACK = "$avp(cpmiw_sms_fallback)"  # JSON: [IP-SM-GW, subscriber, service]
+ARMED = "$avp(cpmiw_sms_fallback)"  # JSON: [IP-SM-GW, subscriber, service]
 REFUSED = "$avp(cpmiw_refused)"  # a device's final answer that rules the fallback out
 FAILURE_ROUTE = "DEVICE_FAILURE"
 REPLY_ROUTE = "DEVICE_REPLY"
-RULE = "sms-fallback"
 
 
 def falls_back(status: int) -> bool:
@@ -55,7 +55,7 @@ def watch() -> None:
 
 def arm(settings: Settings, ip_sm_gw: str, subscriber: str, service: Service) -> None:
     """The request to the devices falls back to `ip_sm_gw` if none of them takes it in time."""
-    KSR.pv.sets(SMS_FALLBACK, json.dumps([ip_sm_gw, subscriber, service.value]))
+    KSR.pv.sets(ARMED, json.dumps([ip_sm_gw, subscriber, service.value]))
     KSR.tm.t_set_fr(settings.fallback_timeout, settings.fallback_timeout)
     watch()
 
@@ -86,7 +86,7 @@ class Fallback:
                 watch()
                 if KSR.tm.t_relay() > 0:
                     return
-            armed = pv(SMS_FALLBACK)
+            armed = pv(ARMED)
             if armed and not pv(REFUSED) and falls_back(status):
                 self._to_sms(status, *json.loads(armed))
         except Exception:
@@ -106,7 +106,7 @@ class Fallback:
         if Service(service).family is Family.CPM:
             self._conversations.remember(subscriber)
         KSR.pv.sets("$ru", pv("$ou"))  # the subscriber as addressed, not its last device
-        decision = Decision(Action.TO_IP_SM_GW, RULE, target=ip_sm_gw)
+        decision = Decision(Action.TO_IP_SM_GW, SMS_FALLBACK, target=ip_sm_gw)
         record(self._settings, request, Service(service), decision, (), started)
         self._handoff.route(request, ip_sm_gw)
         KSR.tm.t_relay()

@@ -298,14 +298,16 @@ class Uac:
         seconds: float,
         *,
         tag: str = "",
+        host: str = "127.0.0.1",
     ) -> None:
+        """`host`: the caller's own address (an AS's, for requests coming from it)."""
         self.lab, self.scenario, self.rate = lab, scenario, rate
         self.calls = int(rate * seconds)
         name = f"uac-{scenario.removesuffix('.xml')}-{rate}{tag}-{time.monotonic_ns()}"
         self.stats = lab.dir / f"{name}.csv"
         args = [
             "sipp", f"{proxy[0]}:{proxy[1]}", "-sf", str(SCENARIOS / scenario),
-            "-inf", str(recipients), "-i", "127.0.0.1", "-p", str(free_port()),
+            "-inf", str(recipients), "-i", host, "-p", str(free_port(host)),
             "-r", str(rate), "-rp", "1000", "-m", str(self.calls),
             "-l", str(max(rate * 4, 1000)), "-nostdin", "-buff_size", "4194304",
             "-max_recv_loops", "10000", "-recv_timeout", "12000",

@@ -97,7 +97,7 @@ def build(lab: Lab, profiles: int, sms_profiles: int) -> Rig:
     )
 
 
-def _metrics(kamailio: Kamailio) -> dict[str, float]:
+def scrape_metrics(kamailio: Kamailio) -> dict[str, float]:
     url = f"http://127.0.0.1:{kamailio.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=2) as response:
         text = response.read().decode()
@@ -162,7 +162,7 @@ def run_phase(
             print(f"  {at:5.1f} s: {what}", flush=True)
         sample: dict[str, object] = {"t": round(at, 1)}
         try:
-            sample["metrics"] = _metrics(kamailio)
+            sample["metrics"] = scrape_metrics(kamailio)
         except OSError:
             sample["metrics"] = {}
         sample["tm_current"] = _in_memory_transactions(rpc)

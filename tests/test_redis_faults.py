@@ -1,0 +1,218 @@
+"""A failing Redis under steady traffic through the real Kamailio: paused, slow, killed.
+
+With the product's own Redis settings (a 50 ms budget per request, 10 ms per reply, a 500 ms
+breaker), while Redis is out for a second and a half: a cached recipient is answered as before;
+an uncached one gets 503 with Retry-After within 100 ms; an SMS user's reply from the IP-SM-GW
+(whose conversation lives in Redis) is still delivered; nothing goes unanswered; and within a
+second of Redis's return the uncached recipient is found, with nobody restarting anything.
+The figures under 1,000 MESSAGE/s: bench/run faults.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_metrics import moved, scrape
+from test_outage import AutoAnswer
+
+from conftest import CPM_PAGER, Network, RedisServer, make_network, start_redis
+from cpmiw.core.message import SipMessage
+from cpmiw.core.profile import Profile
+from cpmiw.testing import make_profile, wait_until
+from cpmiw.testing.sipnet import Peer
+
+ENV = {"CPMIW_REDIS_TIMEOUT_MS": "50", "CPMIW_REDIS_SLOW_MS": "10", "CPMIW_REDIS_BACKOFF_MS": "500"}
+OUT = 1.5  # s Redis is out
+HELD = 0.045  # s the slow Redis holds each reply: under the 50 ms budget, over the 10 ms limit
+
+
+class Relay:
+    """cpmiw.testing.slowredis in a process of its own (none of the test's GIL in its hop)."""
+
+    def __init__(self, upstream: int) -> None:
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cpmiw.testing.slowredis",
+                str(upstream),
+                str(round(HELD * 1000)),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        self.port = int(self._process.stdout.readline())
+
+    def hold(self, on: bool) -> None:
+        self._process.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+
+@dataclass
+class Rig:
+    net: Network
+    redis: RedisServer
+    relay: Relay
+
+
+@pytest.fixture
+def rig(log_dir: Path) -> Iterator[Rig]:
+    server = start_redis()
+    relay = Relay(server.port)
+    try:
+        # Through the relay in every test, holding replies only for the slow one.
+        env = {**ENV, "CPMIW_REDIS_URL": f"redis://127.0.0.1:{relay.port}/0"}
+        for net in make_network(server, log_dir, env):
+            yield Rig(net, server, relay)
+    finally:
+        relay.close()
+        server.stop()
+
+
+def _pause(rig: Rig) -> None:
+    os.kill(rig.redis.process.pid, signal.SIGSTOP)
+
+
+def _resume(rig: Rig) -> None:
+    os.kill(rig.redis.process.pid, signal.SIGCONT)
+
+
+def _restart(rig: Rig, profiles: tuple[Profile, ...]) -> None:
+    rig.redis.start()  # empty, as this one has no file: its data put back at once
+    rig.net.provision(*profiles)
+
+
+@dataclass(frozen=True)
+class Answer:
+    who: str
+    status: int
+    took: float  # s from sending to the final response
+    at: float  # s since the fault began (negative: before)
+
+
+def _round(net: Network, sends: list[tuple[str, Peer, SipMessage]], at: float) -> list[Answer]:
+    """Sends each request at once, then reads each final response."""
+    started = []
+    for _, peer, request in sends:
+        started.append(time.monotonic())
+        peer.send(request, net.kamailio.address)
+    answers = []
+    for (who, peer, _), sent in zip(sends, started, strict=True):
+        response = peer.recv_response(timeout=2.0)  # none may go unanswered
+        answers.append(Answer(who, response.status, time.monotonic() - sent, at))
+    return answers
+
+
+@pytest.mark.parametrize("fault", ["paused", "slow", "killed"])
+def test_a_failing_redis_costs_the_uncached_a_503_and_nothing_more(rig: Rig, fault: str) -> None:
+    net = rig.net
+    cached = make_profile("cached", "+15558880001", "cpm", barred=True)  # 403 when known
+    uncached = make_profile("uncached", "+15558880002", "cpm", barred=True)
+    cpm_user = make_profile("alice", "+15558880003", "cpm")
+    sms_user = make_profile("carol", "+15558880004", "sms")
+    profiles = (cached, uncached, cpm_user, sms_user)
+    net.provision(*profiles)
+    actions: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
+        "paused": (lambda: _pause(rig), lambda: _resume(rig)),
+        "slow": (lambda: rig.relay.hold(True), lambda: rig.relay.hold(False)),
+        "killed": (rig.redis.stop, lambda: _restart(rig, profiles)),
+    }
+    begin, end = actions[fault]
+    with (
+        Peer() as first,
+        Peer() as second,
+        Peer("127.0.0.4") as gateway,
+        Peer("127.0.0.5") as phone,
+    ):
+        assert phone.register(net.kamailio.address, cpm_user.registration_aor).status == 200
+        device = AutoAnswer(phone)
+
+        def sends() -> list[tuple[str, Peer, SipMessage]]:
+            return [
+                ("cached", first, first.request("MESSAGE", cached.registration_aor,
+                                                 headers=CPM_PAGER)),
+                ("uncached", second, second.request("MESSAGE", uncached.registration_aor,
+                                                    headers=CPM_PAGER)),
+                ("reply", gateway, gateway.request(
+                    "MESSAGE", cpm_user.registration_aor,
+                    from_=f"<{sms_user.registration_aor}>;tag=gw",
+                    headers=[("Accept-Contact", "*;+g.oma.sip-im"),
+                             ("Content-Type", "text/plain")],
+                )),
+            ]  # fmt: skip
+
+        def traffic(seconds: float, origin: float, skip: str = "") -> list[Answer]:
+            answers: list[Answer] = []
+            start = time.monotonic()
+            while time.monotonic() - start < seconds:
+                chosen = [s for s in sends() if s[0] != skip]
+                answers += _round(net, chosen, time.monotonic() - origin)
+            return answers
+
+        try:
+            # Until both workers have what they need cached (the first requests after the start
+            # may find the machine busy and take longer than a reply's 10 ms).
+            wait_until(
+                lambda: {a.status for a in traffic(0.3, 0.0, skip="uncached")} == {200, 403},
+                "both workers warm",
+            )
+            before = scrape(net.kamailio.metrics_url)
+            began = time.monotonic()
+            begin()
+            out = traffic(OUT, began)
+            end()
+            back = time.monotonic()
+            again = traffic(1.5, back)
+        finally:
+            device.stop()
+    after = scrape(net.kamailio.metrics_url)
+
+    def statuses(answers: list[Answer], who: str, since: float = -100.0) -> set[int]:
+        return {a.status for a in answers if a.who == who and a.at >= since}
+
+    assert statuses(out, "cached") == {403}  # served from the workers' caches
+    assert statuses(out, "uncached") == {503}
+    assert statuses(out, "reply") == {200}  # delivered, its conversation left aside
+    assert max(a.took for a in out) < 0.1  # nobody waited on Redis beyond a reply's limit
+    assert len(out) > 30
+    # Found again by itself within a second of Redis's return (a worker tries after 500 ms).
+    assert statuses(again, "uncached", since=1.0) == {403}
+    reason = "failed" if fault == "killed" else "late"
+    assert moved(before, after, "cpmiw_redis_breaker_opened_total").get((reason,), 0) >= 1
+    assert "conversation not recalled" in net.kamailio.log()
+
+
+def test_the_relay_holds_replies_as_told(redis_server: RedisServer) -> None:
+    """The test's slow Redis: replies held while told, at once otherwise."""
+    import redis  # noqa: PLC0415
+
+    relay = Relay(redis_server.port)
+    try:
+        client = redis.Redis(port=relay.port, socket_timeout=2)
+
+        def took(call: Callable[[], object]) -> float:
+            started = time.monotonic()
+            call()
+            return time.monotonic() - started
+
+        assert took(client.ping) < HELD
+        relay.hold(True)
+        time.sleep(0.05)
+        assert took(client.ping) >= HELD
+        relay.hold(False)
+        time.sleep(0.05)
+        assert took(client.ping) < HELD
+    finally:
+        relay.close()

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import RedisServer, make_guard, start_redis
 from cpmiw.store.guard import Guard, Script
-from cpmiw.store.redis import DataError, LateError, StoreError, connect
+from cpmiw.store.redis import Connection, DataError, LateError, StoreError, connect
 from cpmiw.testing.slowredis import DelayProxy
 
 SLOW, TIMEOUT, BACKOFF = 0.02, 0.05, 0.2
@@ -140,5 +140,19 @@ def test_a_dead_redis_fails_at_once_and_is_found_again(own_redis: RedisServer) -
     assert took < SLOW and guard.open
     own_redis.start()  # empty, without the script: loaded again
     time.sleep(BACKOFF)
+    assert guard.script(ECHO, ["k"], ["again"]) == b"again"
+    assert not guard.open
+
+
+def test_a_connection_the_server_closed_unseen_is_opened_again_at_once(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart right after a call: the next call finds its connection closed and sends its
+    command again on a new one, instead of failing (and opening the breaker)."""
+    monkeypatch.setattr(Connection, "IDLE", 3600.0)  # the idle check never runs
+    guard = guard_of(own_redis.url)
+    assert guard.execute("k", "PING") == b"PONG"
+    own_redis.stop()
+    own_redis.start()
     assert guard.script(ECHO, ["k"], ["again"]) == b"again"
     assert not guard.open

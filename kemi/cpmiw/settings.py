@@ -209,14 +209,28 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
 # the control socket), so that `cpmiw explain` and operators decide with the proxy's settings.
 PUBLISHED_VARIABLE = "cpmiw_settings"
 _SECRET_NAMES = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|_KEY\b")
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", re.I)
 
 
 def public_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The CPMIW_* variables of `env` without secrets: secret variables left out, passwords in
     URLs masked. `load_settings` of the result gives the same settings but the secret."""
     return {
-        name: _URL_PASSWORD.sub(r"\g<head>***@", value)
+        name: redacted(value) if "://" in value else value
         for name, value in sorted(env.items())
         if name.startswith("CPMIW_") and not _SECRET_NAMES.search(name)
     }
+
+
+_PASSWORD_PARAMETER = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+
+
+def redacted(url: str) -> str:
+    """`url` fit to be printed or logged: the password in it, and any `...password=` query
+    parameter (a Sentinel's), shown as `***`. Whatever a password holds (an unescaped `/`,
+    `?` or `@`), nothing of it is left: the user information is taken to end at the last `@`
+    (a URL with an `@` further on is cut short, never shown whole)."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if at >= 0 and ":" in rest[:at]:
+        rest = f"{rest[:at].partition(':')[0]}:***{rest[at:]}"
+    return scheme + sep + _PASSWORD_PARAMETER.sub(r"\1***", rest)

@@ -20,7 +20,7 @@ import redis
 from ..core.identity import IdentityError, canonical
 from ..core.profile import Profile, ProfileError
 from ..core.routing import NotReadyError
-from ..settings import Settings, SettingsError, load_settings
+from ..settings import Settings, SettingsError, load_settings, redacted
 from ..store.profiles import Audit
 from ..store.redis import StoreError, connect
 from .output import render
@@ -128,7 +128,7 @@ class Group(click.Group):
             cli = ctx.find_object(Context)
             if cli is None or cli.debug:
                 raise
-            raise CliError(f"{cli.redis_url}: {error}", EXIT_UNAVAILABLE) from None
+            raise CliError(f"{redacted(cli.redis_url)}: {error}", EXIT_UNAVAILABLE) from None
 
 
 class Main(Group):

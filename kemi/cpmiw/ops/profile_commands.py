@@ -19,6 +19,7 @@ import redis
 from ..core import profile as profile_model
 from ..core.identity import canonical
 from ..core.profile import AsFailure, Interworking, Profile, ProfileError
+from ..settings import redacted
 from ..store.credentials import CredentialStore
 from ..store.profiles import Audit
 from ..store.redis import StoreError
@@ -112,7 +113,9 @@ def _apply_batches(
                 with input_errors(f" ({written})"):
                     cli.provisioning.apply(pending[start : start + size], audit)
             except (redis.RedisError, StoreError) as error:
-                raise CliError(f"{cli.redis_url}: {error} ({written})", EXIT_UNAVAILABLE) from None
+                raise CliError(
+                    f"{redacted(cli.redis_url)}: {error} ({written})", EXIT_UNAVAILABLE
+                ) from None
             progress.update(len(pending[start : start + size]))
 
 

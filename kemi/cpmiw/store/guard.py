@@ -42,14 +42,17 @@ Clock = Callable[[], float]
 class Script:
     """A server-side script, run by its SHA-1 (EVALSHA) and loaded again when Redis forgot it.
 
-    It must declare every key it touches (`keys`): on Cluster they all hash to one slot.
+    It must declare every key it touches (`keys`): on Cluster they all hash to one slot. A
+    script that only reads (`read_only`) runs as EVALSHA_RO, which a Redis user allowed only to
+    read its keys may run (README, "Redis users"), and a replica too.
     """
 
     made: ClassVar[list[Script]] = []  # every script of the product, loaded by Guard.warm()
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, read_only: bool = False) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.command = "EVALSHA_RO" if read_only else "EVALSHA"
         Script.made.append(self)
 
 
@@ -104,7 +107,7 @@ class Guard:
 
     def script(self, script: Script, keys: Sequence[str], args: Sequence[str | int] = ()) -> Any:
         """Runs `script` on `keys` with `args` (EVALSHA); StoreError, DataError."""
-        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        evalsha = (script.command, script.sha, len(keys), *keys, *args)
 
         def run(deadline: float) -> Any:
             try:

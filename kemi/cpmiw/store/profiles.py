@@ -134,17 +134,21 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 # Redis restarted empty, wiped or a lost shard has none), then its key, checked for its type, so
 # that a bad key is told from a missing one. Replies: {'found', profile}, {'none'},
 # {'not-ready'}, {'wrong-type', type}.
-_LOOKUP = Script("""
+_LOOKUP = Script(
+    """
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'not-ready'} end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'none' then return {'none'} end
 if kind ~= 'string' then return {'wrong-type', kind} end
 return {'found', redis.call('GET', KEYS[1])}
-""")
+""",
+    read_only=True,
+)
 
 # One round trip per stream read. Returns the epoch, the stream's first and last entry ids, and
 # the entries after the cursor (at most ARGV[2]); no entries when the cursor is the last.
-_CHANGES_SINCE = Script("""
+_CHANGES_SINCE = Script(
+    """
 local epoch = redis.call('GET', KEYS[2]) or ''
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local last_id = last and last[1] or '0-0'
@@ -152,7 +156,9 @@ if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, last_id, last_id, {}}
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 return {epoch, first and first[1] or '0-0', last_id, entries}
-""")
+""",
+    read_only=True,
+)
 
 
 # KEYS: history lists; ARGV: entries kept, the TTL (0: none, the subscriber lives), the entries.
@@ -318,8 +324,6 @@ class ProfileStore:
         self._cluster = is_cluster(client)
         self._record_change = client.register_script(_RECORD_CHANGE)
         self._mark_ready = client.register_script(_MARK_READY)
-        self._lookup = client.register_script(_LOOKUP.source)
-        self._changes_since = client.register_script(_CHANGES_SINCE.source)
 
     def lookup(self, identity: str) -> Profile | None:
         """The profile of the subscriber that owns the canonical `identity`, or None.
@@ -331,7 +335,7 @@ class ProfileStore:
         """
         key = identity_key(identity)
         try:
-            reply = self._lookup(keys=[key, ready_key(key)])
+            reply = self._read_only(_LOOKUP, [key, ready_key(key)])
         except redis.ResponseError as error:
             if str(error).startswith("WRONGTYPE"):  # changed type while the script ran
                 raise ProfileError(f"redis: {error}") from None
@@ -339,6 +343,14 @@ class ProfileStore:
         except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
         return _found(identity, reply)
+
+    def _read_only(self, script: Script, keys: list[str], args: Sequence[str | int] = ()) -> Any:
+        """Runs a read-only script as EVALSHA_RO, loading it first when Redis forgot it."""
+        try:
+            return self._client.evalsha_ro(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(script.source)
+            return self._client.evalsha_ro(script.sha, len(keys), *keys, *args)
 
     def copies(self, identities: Sequence[str]) -> list[bytes | None]:
         """What is stored under each identity (a profile's JSON), None where nothing is."""
@@ -542,7 +554,7 @@ class ProfileStore:
         entries are pending, or when an entry says so (a bulk write). Raises StoreError.
         """
         try:
-            reply = self._changes_since(keys=[CHANGES, EPOCH], args=[cursor or "", limit])
+            reply = self._read_only(_CHANGES_SINCE, [CHANGES, EPOCH], [cursor or "", limit])
         except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
         return _changes(cursor, reply)

@@ -213,6 +213,10 @@ def is_cluster(client: Client) -> bool:
     return isinstance(client, RedisCluster | _LazyCluster)
 
 
+class _ClosedError(Exception):
+    """The connection was found closed before any of a reply came."""
+
+
 class Connection:
     """A connection of one worker's own, outside the client's pool, spoken to directly.
 
@@ -245,8 +249,9 @@ class Connection:
         self._used_at: float | None = None  # last command since the last (re)connection
         self._owed = 0  # replies of commands whose caller gave up waiting
 
-    def open(self, limit: float | None = None) -> None:
-        """Makes the connection ready for a command: drops owed replies, connects if needed.
+    def open(self, limit: float | None = None) -> bool:
+        """Makes the connection ready for a command: drops owed replies, connects if needed;
+        True when it was open already (and may have been closed by the server unseen).
 
         Each step of a connection (TCP, TLS, AUTH, SELECT) waits at most `limit` s. StoreError
         when no connection can be made, LateError when Redis still owes a reply.
@@ -255,7 +260,8 @@ class Connection:
             self._owed or time.monotonic() - self._used_at > self.IDLE
         ):
             self._catch_up()
-        if self._used_at is None:
+        reused = self._used_at is not None
+        if not reused:
             if limit is not None:
                 self._connection.socket_timeout = limit
                 self._connection.socket_connect_timeout = limit
@@ -269,6 +275,7 @@ class Connection:
             self._used_at = time.monotonic()
         if self._owed:
             raise LateError("redis: no reply yet to an earlier command")
+        return reused
 
     def _catch_up(self) -> None:
         """Drops the owed replies that have come; finds a connection the server closed."""
@@ -297,23 +304,43 @@ class Connection:
         Nothing waits past `deadline` (time.monotonic()), and the reply at most `reply_within`
         s once sent; None: the socket timeout.
         """
+        packed = self._connection.pack_command(*args)
+        reused = self.open(_left(deadline))
+        try:
+            return self._exchange(packed, deadline, reply_within)
+        except _ClosedError as error:
+            if not reused:
+                raise StoreError(f"redis: {error}") from error
+        # Closed by the server while it lay unused (a restart), too recently for open() to
+        # see: the command never reached a server. Sent once more, on a new connection.
         self.open(_left(deadline))
+        try:
+            return self._exchange(packed, deadline, reply_within)
+        except _ClosedError as error:
+            raise StoreError(f"redis: {error}") from error
+
+    def _exchange(
+        self, packed: list[bytes], deadline: float | None, reply_within: float | None
+    ) -> Any:
+        """Sends a packed command and reads its reply (see call()); _ClosedError when the
+        connection turned out closed before any of the reply came."""
         wait = _left(deadline)
         if reply_within is not None:
             wait = reply_within if wait is None else min(wait, reply_within)
         try:
-            self._connection.send_packed_command(
-                self._connection.pack_command(*args), check_health=False
-            )
-        except redis.RedisError as error:
-            self.disconnect()
-            raise StoreError(f"redis: {error}") from error
-        self._used_at = time.monotonic()
-        try:
+            self._connection.send_packed_command(packed, check_health=False)
+            self._used_at = time.monotonic()
             # Waited for before it is parsed: a reply that is late is owed, never half read.
             if wait is not None and not self._connection.can_read(timeout=wait):
                 self._owed += 1
                 raise LateError(f"redis: no reply within {wait * 1000:.0f} ms")
+        except redis.ConnectionError as error:
+            self.disconnect()
+            raise _ClosedError(str(error)) from error
+        except redis.RedisError as error:
+            self.disconnect()
+            raise StoreError(f"redis: {error}") from error
+        try:
             return self._connection.read_response()
         except redis.ResponseError:
             raise  # the command failed, the connection is fine

@@ -116,12 +116,14 @@ class Transaction:
     round_trip: float  # t4 - t1, seconds
     added: float  # seconds the proxy added; for a request it answered itself, the round trip
     status: int  # the final response the caller got
+    caller_port: int = 0  # the UDP port the request came from (which caller sent it)
 
 
 def transactions(path: Path, proxy_port: int, method: str) -> list[Transaction]:
     """Every complete `method` transaction in a capture (relayed, or answered by the proxy)."""
     times: dict[tuple[str, str], list[float | None]] = {}
     statuses: dict[tuple[str, str], int] = {}
+    callers: dict[tuple[str, str], int] = {}
     for at, source, destination, payload in _packets(path):
         parsed = _transaction(payload)
         if parsed is None:
@@ -135,6 +137,8 @@ def transactions(path: Path, proxy_port: int, method: str) -> list[Transaction]:
         stamps = times.setdefault((call_id, cseq), [None, None, None, None])
         if stamps[slot] is None:
             stamps[slot] = at
+            if slot == 0:
+                callers[(call_id, cseq)] = source
             if slot == 3:
                 statuses[(call_id, cseq)] = status
     found = []
@@ -142,7 +146,7 @@ def transactions(path: Path, proxy_port: int, method: str) -> list[Transaction]:
         if t1 is None or t4 is None:
             continue  # began before or ended after the capture
         added = t4 - t1 if t2 is None or t3 is None else (t2 - t1) + (t4 - t3)
-        found.append(Transaction(t1, t4 - t1, added, statuses[key]))
+        found.append(Transaction(t1, t4 - t1, added, statuses[key], callers.get(key, 0)))
     return sorted(found, key=lambda t: t.started)
 
 

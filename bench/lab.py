@@ -170,10 +170,11 @@ class Kamailio:
     port: int
     process: Process
     metrics_port: int = 0
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     def processes(self) -> list[int]:
         """The main process and its children (the SIP workers among them)."""
@@ -200,22 +201,25 @@ def _probe(address: tuple[str, int]) -> bool:
             return False
 
 
-def _started(lab: Lab, name: str, port: int, process: Process, metrics: int = 0) -> Kamailio:
+def started(
+    lab: Lab, name: str, port: int, process: Process, metrics: int = 0, host: str = "127.0.0.1"
+) -> Kamailio:
     def ready() -> bool:
         if not process.alive():
             raise RuntimeError(f"{name} exited:\n{process.log.read_text()[-3000:]}")
-        return _probe(("127.0.0.1", port))
+        return _probe((host, port))
 
     wait_until(ready, name, timeout=60.0)  # locking 2 GB of shared memory takes a while
-    return Kamailio(name, port, process, metrics)
+    return Kamailio(name, port, process, metrics, host)
 
 
-def start_product(lab: Lab, redis_url: str, **env: str) -> Kamailio:
-    """Kamailio with the repo's kamailio.cfg and plugin, started as deploy/cpmiw-kamailio does."""
-    port, metrics = free_port(), free_port()
+def start_product(lab: Lab, redis_url: str, host: str = "127.0.0.1", **env: str) -> Kamailio:
+    """Kamailio with the repo's kamailio.cfg and plugin, started as deploy/cpmiw-kamailio does,
+    on `host` (a loopback address)."""
+    port, metrics = free_port(host), free_port(host)
     full_env = {
         "HOME": os.environ.get("HOME", "/root"),
-        "CPMIW_SIP_ADDR": "127.0.0.1",
+        "CPMIW_SIP_ADDR": host,
         "CPMIW_SIP_PORT": str(port),
         "CPMIW_WORKERS": str(WORKERS),
         "CPMIW_SHM_MB": str(SHM_MB),
@@ -233,9 +237,9 @@ def start_product(lab: Lab, redis_url: str, **env: str) -> Kamailio:
         **env,
     }
     process = lab.spawn(
-        [str(REPO / "deploy" / "cpmiw-kamailio")], f"kamailio-product-{port}.log", full_env
+        [str(REPO / "deploy" / "cpmiw-kamailio")], f"kamailio-product-{host}-{port}.log", full_env
     )
-    return _started(lab, "product", port, process, metrics)
+    return started(lab, "product", port, process, metrics, host)
 
 
 def start_native(lab: Lab, cfg: str, redis_port: int = 0, *, tuned: bool = False) -> Kamailio:
@@ -255,7 +259,7 @@ def start_native(lab: Lab, cfg: str, redis_port: int = 0, *, tuned: bool = False
     args = ["kamailio", "-f", str(BENCH / cfg), "-DD", "-E", "-m", str(SHM_MB), "-M", "16"]
     args += ["-x", "tlsf", "-A", "TUNED"] if tuned else []
     process = lab.spawn(args, f"kamailio-{cfg}-{port}.log", env)
-    return _started(lab, cfg.removesuffix(".cfg"), port, process)
+    return started(lab, cfg.removesuffix(".cfg"), port, process)
 
 
 @dataclass
@@ -305,9 +309,10 @@ class Uac:
         self.calls = int(rate * seconds)
         name = f"uac-{scenario.removesuffix('.xml')}-{rate}{tag}-{time.monotonic_ns()}"
         self.stats = lab.dir / f"{name}.csv"
+        self.port = free_port(host)  # its requests' source port
         args = [
             "sipp", f"{proxy[0]}:{proxy[1]}", "-sf", str(SCENARIOS / scenario),
-            "-inf", str(recipients), "-i", host, "-p", str(free_port(host)),
+            "-inf", str(recipients), "-i", host, "-p", str(self.port),
             "-r", str(rate), "-rp", "1000", "-m", str(self.calls),
             "-l", str(max(rate * 4, 1000)), "-nostdin", "-buff_size", "4194304",
             "-max_recv_loops", "10000", "-recv_timeout", "12000",

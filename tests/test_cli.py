@@ -32,6 +32,7 @@ from cpmiw.core import profile as profile_model
 from cpmiw.core.message import SipMessage
 from cpmiw.ops.cli import main
 from cpmiw.store.profiles import PREFIX, identity_key
+from cpmiw.store.redis import text
 from cpmiw.testing import make_profile
 from cpmiw.testing.sipnet import Peer
 
@@ -553,3 +554,22 @@ def test_bulk_import_reports_every_phase_with_its_rate(cli: Cli, tmp_path: Path)
     for line in stderr[:3]:
         assert re.search(r": 2500/2500 in \d+\.\d s \([\d,]+/s\)$", line), line
     assert stderr[3] == "wrote 2500 profile(s): 2500 new, 0 changed, 0 unchanged"
+
+
+def test_upgrade_rewrites_an_older_installs_profiles(cli: Cli) -> None:
+    """Profiles in key layout 1 (profile + alias keys) become layout 2; invalid ones stay."""
+    old = {"identities": [BOB, "tel:+15551230002"], "services": ["im"]}
+    cli.client.set(f"cpmiw:1:profile:{BOB}", json.dumps(old))
+    cli.client.mset({f"cpmiw:1:alias:{BOB}": BOB, "cpmiw:1:alias:tel:+15551230002": BOB})
+    cli.client.set(f"cpmiw:1:profile:sip:broken@{DOMAIN}", b'{"services": ["fax"]}')
+    cli.client.set("cpmiw:1:epoch", "e")
+    assert "would upgrade 1 profile(s)" in cli("profile", "upgrade", "-n").stderr
+    assert cli.stored_keys() == []
+    result = cli("profile", "upgrade")
+    assert result.exit_code == 4
+    assert "upgraded 1 profile(s) from key layout 1" in result.stderr
+    assert f"stored profile of sip:broken@{DOMAIN} is invalid" in result.stderr
+    shown = json.loads(cli.ok("profile", "get", "tel:+15551230002").stdout)
+    assert shown["identities"] == old["identities"]
+    left = sorted(text(k) for k in cli.client.keys("cpmiw:1:*"))
+    assert left == ["cpmiw:1:epoch", f"cpmiw:1:profile:sip:broken@{DOMAIN}"]

@@ -20,6 +20,8 @@ import yaml
 from conftest import Network
 from cpmiw.core.decision import Action
 from cpmiw.ops.options import read_env_file
+from cpmiw.settings import SettingsError, load_settings
+from cpmiw.store.redis import parse_url
 from cpmiw.testing import make_profile
 from cpmiw.testing.sipnet import Peer
 
@@ -208,6 +210,32 @@ def test_image_has_a_pinned_base_and_runs_kamailio_as_a_user() -> None:
     assert lines[-1].startswith("CMD ") and last_user < len(lines) - 1
 
 
+def test_multi_node_layout_is_two_proxies_sharing_a_sentinel_watched_redis() -> None:
+    """deploy/multi: each proxy names the other as its DMQ peer and the three sentinels of the
+    compose file; neither starts before the operator sets the shared secret."""
+    multi = DEPLOY / "multi"
+    compose: dict[str, Any] = yaml.safe_load((multi / "docker-compose.yml").read_text())
+    services = compose["services"]
+    commands = [" ".join(s["command"]) for n, s in services.items() if n.startswith("sentinel-")]
+    sentinels = {f"127.0.0.1:{port}" for c in commands for port in re.findall(r"@PORT@/(\d+)", c)}
+    assert len(sentinels) == 3
+    envs = {name: read_env_file(multi / s["env_file"]) for name, s in services.items()
+            if "env_file" in s}  # fmt: skip
+    assert set(envs) == {"proxy-a", "proxy-b"}
+    for name, env in envs.items():
+        other = envs["proxy-b" if name == "proxy-a" else "proxy-a"]
+        assert env["CPMIW_PEERS"] == f"{other['CPMIW_SIP_ADDR']}:{other['CPMIW_DMQ_PORT']}"
+        hosts = env["CPMIW_REDIS_URL"].removeprefix("redis+sentinel://").split("/")[0]
+        assert set(hosts.split(",")) == sentinels
+        with pytest.raises(SettingsError, match="CPMIW_SECRET is not set"):
+            load_settings(env)
+        settings = load_settings({**env, "CPMIW_SECRET": "s" * 32})
+        assert parse_url(settings.redis_url).service == "cpmiw"
+    for volume in [v for s in services.values() for v in s.get("volumes", [])]:
+        source = volume.split(":", 1)[0]
+        assert source in compose["volumes"] or (multi / source).exists(), source
+
+
 def test_systemd_units_verify(tmp_path: Path) -> None:
     """systemd's own checks, on copies that run from this checkout instead of /opt/cpmiw."""
     units = []
@@ -215,7 +243,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         copy = tmp_path / unit.name
         copy.write_text(unit.read_text().replace("/opt/cpmiw", str(REPO)))
         units.append(str(copy))
-    assert len(units) == 2
+    assert len(units) == 3
     result = subprocess.run(
         ["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False
     )

@@ -406,6 +406,29 @@ def profile_export(cli: Context, output: IO[str], fmt: str | None, match: str) -
         sys.exit(EXIT_INVALID)
 
 
+@profile.command("upgrade")
+@click.option("-n", "--dry-run", is_flag=True, help="Count what would be upgraded; write nothing.")
+@pass_context
+def profile_upgrade(cli: Context, dry_run: bool) -> None:
+    """Rewrite the profiles of an older install (key layout 1) in today's layout (2).
+
+    Each valid profile is written under its identities, then its old keys are deleted; invalid
+    ones are named on stderr and left as they are (exit status 4). Run once, after upgrading.
+    """
+    stored = cli.provisioning.layout_1()
+    valid = [(s, p) for s, p in stored if isinstance(p, Profile)]
+    for subscriber, found in stored:
+        if isinstance(found, ProfileError):
+            click.echo(f"error: stored profile of {subscriber} is invalid: {found}", err=True)
+    if not dry_run and valid:
+        cli.provisioning.store.put([p for _, p in valid])
+        cli.provisioning.drop_layout_1([s for s, _ in valid])
+    prefix = "would upgrade" if dry_run else "upgraded"
+    click.echo(f"{prefix} {len(valid)} profile(s) from key layout 1", err=True)
+    if len(valid) < len(stored):
+        sys.exit(EXIT_INVALID)
+
+
 @profile.command("schema")
 @output_option
 @pass_context

@@ -22,15 +22,18 @@ import io
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import msgspec
+import redis
 
 from ..core import profile as profile_model
 from ..core.profile import Profile, ProfileError
 from ..store.profiles import Audit, OwnerConflictError, ProfileStore
-from ..store.redis import Client
+from ..store.redis import Client, text
 
 FORMATS = ("json", "jsonl", "csv")
+_LAYOUT_1 = "cpmiw:1:"  # the key layout before Redis Cluster support (`profile upgrade`)
 COLUMNS: tuple[str, ...] = Profile.__struct_fields__
 REQUIRED_COLUMNS = ("identities", "services")
 _LIST_FIELDS = frozenset({"identities", "services"})
@@ -311,6 +314,31 @@ class Provisioning:
             if raw is not None and _owner(raw) in (identity, None)
         ]
 
+    def layout_1(self) -> list[tuple[str, Profile | ProfileError]]:
+        """The profiles stored in key layout 1 (one Redis, before Cluster support), by subscriber:
+        `cpmiw:1:profile:<subscriber>` with an alias key per identity."""
+        keys = sorted(text(k) for k in self.client.scan_iter(match=f"{_LAYOUT_1}profile:*"))
+        values = cast(redis.Redis, self.client).mget(keys) if keys else []
+        return [
+            (key.removeprefix(f"{_LAYOUT_1}profile:"), _decoded_or_error(_bytes(value)))
+            for key, value in zip(keys, values, strict=True)
+            if value is not None
+        ]
+
+    def drop_layout_1(self, subscribers: Sequence[str]) -> None:
+        """Deletes the layout-1 keys of `subscribers` (profile and aliases), and the layout-1
+        change stream and epoch once no layout-1 profile is left."""
+        stored = dict(self.layout_1())
+        keys = [f"{_LAYOUT_1}profile:{s}" for s in subscribers]
+        for subscriber in subscribers:
+            found = stored.get(subscriber)
+            if isinstance(found, Profile):
+                keys += [f"{_LAYOUT_1}alias:{alias}" for alias in found.aliases]
+        if len(stored) == len(set(subscribers) & set(stored)):
+            keys += [f"{_LAYOUT_1}changes", f"{_LAYOUT_1}epoch"]
+        for start in range(0, len(keys), 10_000):
+            self.client.delete(*keys[start : start + 10_000])
+
     def export(self, pattern: str = "*") -> Iterator[tuple[str, Profile | ProfileError]]:
         """Every stored profile matching `pattern`, sorted by subscriber."""
         subscribers = self.subscribers(pattern)
@@ -323,6 +351,10 @@ def _conflict(where: str, identity: str, owner: str) -> ConflictError:
     return ConflictError(
         f"{where}: identity {identity} belongs to subscriber {owner}; remove it there first"
     )
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def _owner(raw: bytes) -> str | None:

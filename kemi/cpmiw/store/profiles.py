@@ -354,7 +354,10 @@ class ProfileStore:
 
     def copies(self, identities: Sequence[str]) -> list[bytes | None]:
         """What is stored under each identity (a profile's JSON), None where nothing is."""
-        keys = [identity_key(identity) for identity in identities]
+        return self._values([identity_key(identity) for identity in identities])
+
+    def _values(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of `keys`, in chunks (on Cluster split by slot), None where none."""
         values: list[bytes | None] = []
         for start in range(0, len(keys), CHUNK):
             chunk = keys[start : start + CHUNK]
@@ -429,7 +432,7 @@ class ProfileStore:
         and the write is one MULTI/EXEC, started again when a watched key changed before EXEC.
         On Cluster (no transaction spans shards): read, then written key by key."""
         if self._cluster:
-            plan = make(self.copies, lambda _keys: None)
+            plan = make(self._values, lambda _keys: None)
             if plan is None:
                 return 0
             self._write_per_key(plan.copies, plan.gone, plan.touched, ready)

@@ -44,7 +44,7 @@ class Script:
 
     It must declare every key it touches (`keys`): on Cluster they all hash to one slot. A
     script that only reads (`read_only`) runs as EVALSHA_RO, which a Redis user allowed only to
-    read its keys may run (README, "Redis users"), and a replica too.
+    read its keys may run (README, "Redis users and TLS"), and a replica too.
     """
 
     made: ClassVar[list[Script]] = []  # every script of the product, loaded by Guard.warm()

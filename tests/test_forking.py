@@ -293,6 +293,26 @@ def test_cancel_ends_it(net: Network) -> None:
     assert _rules(net, invite) == ["subscribed"]  # no fallback decided either
 
 
+def test_an_as_failing_over_forks_per_device(net: Network) -> None:
+    """The IM AS fails (default handling continue): the plan's fallback, kept in the
+    transaction, forks from the failure route with each device's own tag."""
+    erin = subscriber(net, "im", interworking="im_as", as_failure="continue")
+    with (
+        Peer() as caller,
+        device(net, erin, tags=IM_TAGS) as tablet,
+        device(net, erin, tags=CPM_TAGS) as phone,  # a CPM client: no CPM on this subscription
+    ):
+        sent = cpm_message(caller, erin.registration_aor)
+        caller.send(sent, net.kamailio.address)
+        net.im_as.reply(net.im_as.recv_request("MESSAGE"), 503, "Service Unavailable")
+        at_tablet = tablet.recv_request("MESSAGE")
+        tablet.reply(at_tablet, 200, "OK")
+        assert caller.recv_response().status == 200
+        phone.expect_nothing(0.2)
+    assert end_to_end_lines(at_tablet) == _as_im(sent)
+    assert _rules(net, sent, 2) == ["interworking-im_as", "as-failed-continue"]
+
+
 def test_explain_shows_each_device_its_tag_and_the_fallback(net: Network, trio: Devices) -> None:
     env = {
         "CPMIW_REDIS_URL": net.redis.url,

@@ -215,6 +215,28 @@ def test_caller_preferences_are_part_of_a_remembered_shape(net: Network) -> None
     assert _rules(net, sent) == ["no-matching-device"]
 
 
+def test_the_fallback_leaves_the_device_path_behind(net: Network) -> None:
+    """A device reached through its P-CSCF (Path): the IP-SM-GW gets the request without that
+    route, as any request for it."""
+    profile = subscriber(net, "cpm,sms")
+    with Peer() as caller, Peer("127.0.0.5") as phone, Peer("127.0.0.8") as pcscf:
+        register = phone.request(
+            "REGISTER",
+            f"sip:{DOMAIN}",
+            to=f"<{profile.registration_aor}>",
+            from_=f"<{profile.registration_aor}>;tag=p",
+            headers=[("Path", f"<sip:term@{pcscf.host}:{pcscf.port};lr>")],
+        ).replace_header("Contact", f"<sip:ue@{phone.host}:{phone.port}>{CPM_TAGS};expires=600")
+        assert phone.ask(register, net.kamailio.address).status == 200
+        sent = cpm_message(caller, profile.registration_aor)
+        at_gw, _ = _gateway_takes(net, caller, sent)
+        assert pcscf.recv_request("MESSAGE").ruri == f"sip:ue@{phone.host}:{phone.port}"
+        pcscf.expect_nothing(0.2)
+    routes = [route for line in at_gw.header_values("Route") for route in line.split(",")]
+    assert routes[0].strip() == f"<{net.ip_sm_gw.uri};lr>"
+    assert not any(pcscf.uri.split(":", 1)[1] in route for route in routes)
+
+
 def test_a_busy_device_falls_back_at_once(net: Network) -> None:
     profile = subscriber(net, "cpm,sms")
     with Peer() as caller, device(net, profile, tags=CPM_TAGS) as phone:

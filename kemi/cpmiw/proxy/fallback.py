@@ -80,8 +80,9 @@ class Fallback:
             status = int(pv("$T_reply_code") or 0)
             if status >= 600:
                 return
-            tags = pv(fork.TAGS)
-            if tags and decode(tags).serial and fork.next_stage(decode(tags)):
+            text = pv(fork.TAGS)
+            tags = decode(text) if text else None
+            if tags is not None and tags.serial and fork.next_stage(tags):
                 KSR.tm.t_on_branch(fork.BRANCH_ROUTE)
                 watch()
                 if KSR.tm.t_relay() > 0:
@@ -105,7 +106,11 @@ class Fallback:
         request, _ = read_request()
         if Service(service).family is Family.CPM:
             self._conversations.remember(subscriber)
-        KSR.pv.sets("$ru", pv("$ou"))  # the subscriber as addressed, not its last device
+        # The subscriber as addressed: its last device's URI, next hop and Path (the route to its
+        # P-CSCF) go, as tm's serial forking drops them from one contact to the next.
+        KSR.pvx.sbranch_reset()
+        KSR.pv.sets("$sbranch(uri)", pv("$ou"))
+        KSR.pvx.sbranch_set_ruri()
         decision = Decision(Action.TO_IP_SM_GW, SMS_FALLBACK, target=ip_sm_gw)
         record(self._settings, request, Service(service), decision, (), started)
         self._handoff.route(request, ip_sm_gw)

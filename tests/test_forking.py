@@ -8,7 +8,7 @@ the IP-SM-GW (127.0.0.4) gets a CPM request none of them took.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,29 +185,49 @@ def test_silent_devices_fall_back_to_sms_within_the_timer_once(net: Network, tri
     }
 
 
-def test_every_request_of_a_shape_is_watched_for_fallback(net: Network) -> None:
-    """A delivery that may fall back is never remembered for kamailio.cfg to replay."""
+def _until_replayed(net: Network, exchange: Callable[[], SipMessage]) -> SipMessage:
+    """Requests made and answered by `exchange` until kamailio.cfg replays one (route[MEMO]);
+    that one. The first is the plugin's; the next may be too, if it was routed before the change
+    watcher published the stamp of the subscriber's profile."""
+    for _ in range(3):
+        sent = exchange()
+        if net.kamailio.decision_lines(sent.header("Call-ID") or "")[0].endswith(" replayed"):
+            return sent
+    raise AssertionError("nothing replayed")
+
+
+def test_a_remembered_delivery_falls_back_as_the_plugins_own(net: Network) -> None:
+    """A request replayed by kamailio.cfg gets its SMS fallback armed there: a silent device
+    sends it to the IP-SM-GW within the timer all the same."""
     profile = subscriber(net, "cpm,sms")
     with Peer() as caller, device(net, profile, tags=CPM_TAGS) as phone:
-        for _ in range(2):
+
+        def silent() -> SipMessage:
             sent = cpm_message(caller, profile.registration_aor)
-            caller.send(sent, net.kamailio.address)
-            phone.reply(phone.recv_request("MESSAGE"), 480, "Away")
-            net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
-            assert caller.recv_response().status == 202
-    assert _rules(net, sent, 2) == ["subscribed", "sms-fallback"]
+            at_gw, took = _gateway_takes(net, caller, sent)
+            assert phone.recv_request("MESSAGE")  # never answered
+            assert FALLBACK - 0.05 <= took < FALLBACK + 1.0
+            assert end_to_end_lines(at_gw) == end_to_end_lines(sent)
+            net.ip_sm_gw.expect_nothing(0.1)
+            return sent
+
+        sent = _until_replayed(net, silent)
+    fell_back = net.kamailio.decision_lines(sent.header("Call-ID") or "", 2)[1]
+    assert " action=to-ip-sm-gw rule=sms-fallback " in fell_back
 
 
 def test_caller_preferences_are_part_of_a_remembered_shape(net: Network) -> None:
     profile = subscriber(net, "im")
     with Peer() as caller, device(net, profile, tags=IM_TAGS) as tablet:
-        for _ in range(2):  # the second one is replayed by kamailio.cfg
-            plain = cpm_message(caller, profile.registration_aor)
-            caller.send(plain, net.kamailio.address)
+
+        def plain() -> SipMessage:
+            sent = cpm_message(caller, profile.registration_aor)
+            caller.send(sent, net.kamailio.address)
             tablet.reply(tablet.recv_request("MESSAGE"), 200, "OK")
             assert caller.recv_response().status == 200
-        [replayed] = net.kamailio.decision_lines(plain.header("Call-ID") or "")
-        assert replayed.endswith(" replayed")
+            return sent
+
+        _until_replayed(net, plain)
         sent = cpm_message(caller, profile.registration_aor)
         sent = sent.with_header("Reject-Contact", "*;+g.oma.sip-im")
         assert caller.ask(sent, net.kamailio.address).status == 480
@@ -332,7 +352,8 @@ def test_an_as_failing_over_forks_per_device(net: Network) -> None:
         assert caller.recv_response().status == 200
         phone.expect_nothing(0.2)
     assert end_to_end_lines(at_tablet) == _as_im(sent)
-    assert _rules(net, sent, 2) == ["interworking-im_as", "as-failed-continue"]
+    # Two processes log them: in either order.
+    assert sorted(_rules(net, sent, 2)) == ["as-failed-continue", "interworking-im_as"]
 
 
 def test_explain_shows_each_device_its_tag_and_the_fallback(net: Network, trio: Devices) -> None:

@@ -22,10 +22,18 @@ def test_labels_are_the_metrics_labels_and_split_back() -> None:
 def test_an_outcome_codes_each_header_kept_replaced_or_removed() -> None:
     edits = {"Accept-Contact": "*;+g.oma.sip-im", "P-Preferred-Service": None}
     text = memo.outcome("L", edits, "sip:bob@IMS.example.net", "0:im")
-    assert text == "L|1020|*;+g.oma.sip-im||||bob@ims.example.net|sip:bob@IMS.example.net|0:im"
+    assert text == "L|1020|*;+g.oma.sip-im||||bob@ims.example.net|sip:bob@IMS.example.net|0:im||"
     assert (
-        memo.outcome("L", {}, "sip:bob@h", "1:cpm 2:im") == "L|0000|||||bob@h|sip:bob@h|1:cpm 2:im"
+        memo.outcome("L", {}, "sip:bob@h", "1:cpm 2:im")
+        == "L|0000|||||bob@h|sip:bob@h|1:cpm 2:im||"
     )
+
+
+def test_an_outcome_carries_what_the_sms_fallback_needs() -> None:
+    armed = '["sip:127.0.0.4:5060", "sip:bob@h", "cpm.msg"]'
+    text = memo.outcome("L", {}, "sip:bob@h", "s", (armed, 5000))
+    assert text is not None and text.split("|")[9:] == [armed, "5000"]
+    assert memo.outcome("L", {}, "sip:bob@h", "s", ('["sip:a|b"]', 5000)) is None
 
 
 def test_values_that_cannot_be_carried_give_no_outcome() -> None:

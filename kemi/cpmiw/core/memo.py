@@ -8,7 +8,8 @@ look-up and a comparison instead of the plugin's Python, which costs more than a
 own work on a MESSAGE (bench/README.md). One entry per request shape, fields separated by `|`:
 
     <stamp>|<shape> -> <labels>|<edits>|<Accept-Contact>|<Contact>|<P-Preferred-Service>|
-                       <P-Asserted-Service>|<usrloc key>|<AOR>|<devices summary>
+                       <P-Asserted-Service>|<usrloc key>|<AOR>|<devices summary>|
+                       <SMS fallback>|<fallback ms>
 
 - <stamp>: the change stamp the change watcher publishes: a profile written anywhere gives new
   keys, so nothing remembered from before the write is found again.
@@ -24,6 +25,9 @@ own work on a MESSAGE (bench/README.md). One entry per request shape, fields sep
   (core/devices.py) the decision was made with. kamailio.cfg replays the entry only while the
   AOR's summary is still that one: a REGISTER changes it. An entry lives no longer than the next
   contact expiry of its summary.
+- <SMS fallback>, <fallback ms>: for a subscriber whose devices' failure falls back to SMS, what
+  the plugin keeps in the transaction for it (proxy/fallback.py) and the devices' final-response
+  timer; both empty otherwise.
 """
 
 from __future__ import annotations
@@ -56,12 +60,27 @@ def split_labels(text: str) -> tuple[str, str, str, str] | None:
 
 
 def outcome(
-    labels_text: str, edits: Mapping[str, str | None], aor: str, summary: str
+    labels_text: str,
+    edits: Mapping[str, str | None],
+    aor: str,
+    summary: str,
+    sms_fallback: tuple[str, int] | None = None,
 ) -> str | None:
     """The text of an outcome entry; None when a value cannot be carried in one (a separator or
-    a line break in it): that request shape is then always routed by the plugin."""
+    a line break in it): that request shape is then always routed by the plugin.
+
+    `sms_fallback`: what the transaction keeps for SMS fallback, and the devices' timer (ms).
+    """
     codes = "".join("0" if h not in edits else "2" if edits[h] is None else "1" for h in EDITED)
-    values = [*(edits.get(header) or "" for header in EDITED), usrloc_key(aor), aor, summary]
+    armed, timer = sms_fallback if sms_fallback is not None else ("", "")
+    values = [
+        *(edits.get(header) or "" for header in EDITED),
+        usrloc_key(aor),
+        aor,
+        summary,
+        armed,
+        str(timer),
+    ]
     if any(SEPARATOR in v or "\r" in v or "\n" in v for v in values):
         return None
     return SEPARATOR.join((labels_text, codes, *values))

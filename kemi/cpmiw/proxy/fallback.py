@@ -53,9 +53,15 @@ def watch() -> None:
     KSR.tm.t_on_failure(FAILURE_ROUTE)
 
 
+def armed(ip_sm_gw: str, subscriber: str, service: Service) -> str:
+    """What the transaction keeps for the SMS fallback (the plugin's, or route[MEMO]'s)."""
+    return json.dumps([ip_sm_gw, subscriber, service.value])
+
+
 def arm(settings: Settings, ip_sm_gw: str, subscriber: str, service: Service) -> None:
-    """The request to the devices falls back to `ip_sm_gw` if none of them takes it in time."""
-    KSR.pv.sets(ARMED, json.dumps([ip_sm_gw, subscriber, service.value]))
+    """The request to the devices falls back to `ip_sm_gw` if none of them takes it in time.
+    route[MEMO_SMS_FALLBACK] (kamailio.cfg) does the same for a remembered delivery."""
+    KSR.pv.sets(ARMED, armed(ip_sm_gw, subscriber, service))
     KSR.tm.t_set_fr(settings.fallback_timeout, settings.fallback_timeout)
     watch()
 

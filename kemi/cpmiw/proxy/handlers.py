@@ -76,7 +76,9 @@ class Handlers:
         honoured = HonouredMarkers(self._guard.execute, settings.marker_ttl)
         self._handoff = HandOff(settings, deliverer, conversations, honoured)
         registered = RegisteredDevices()
-        memo = Memo(settings.memo_ttl, settings.rules.as_addresses, registered)
+        memo = Memo(
+            settings.memo_ttl, settings.rules.as_addresses, registered, settings.fallback_timeout
+        )
         self._initial = InitialRouting(
             settings, profiles, registered, deliverer, self._handoff, memo
         )

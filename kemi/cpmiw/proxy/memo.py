@@ -6,12 +6,12 @@ registrar's look-up of the same AOR, t_relay(), a count in htable `tally` (rende
 plugin's metrics) and, with CPMIW_DECISION_LOG=all, the same decision log line.
 
 Only what cannot differ is remembered: a deliver or rewrite to a subscriber whose devices were
-read from their summary and all get the request alike (no tag of their own, no serial fork, no
-SMS fallback to watch for), from a sender that is not an AS (whose requests may get conversation
-headers back), with no Route header and no warning. Bounded: an entry lives at most
-CPMIW_MEMO_TTL (less a random quarter, so that entries made together do not expire together)
-and not past a contact expiry of its summary; none is written while less than half the shared
-memory is free.
+read from their summary and all get the request alike (no tag of their own, no serial fork; an
+SMS fallback is armed again by route[MEMO_SMS_FALLBACK]), from a sender that is not an AS
+(whose requests may get conversation headers back), with no Route header and no warning.
+Bounded: an entry lives at most CPMIW_MEMO_TTL (less a random quarter, so that entries made
+together do not expire together) and not past a contact expiry of its summary; none is written
+while less than half the shared memory is free.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..core.decision import Action, Decision
 from ..core.rewrite import header_edits
 from ..core.routing import Plan, Request
 from ..settings import DecisionLog, Settings
+from . import fallback
 from .memory import FREE_PERCENT
 from .registrations import RegisteredDevices
 
@@ -55,8 +56,15 @@ def _free_enough() -> bool:
 
 
 class Memo:
-    def __init__(self, ttl: float, as_addresses: frozenset[str], registered: RegisteredDevices):
+    def __init__(
+        self,
+        ttl: float,
+        as_addresses: frozenset[str],
+        registered: RegisteredDevices,
+        fallback_timeout: int,
+    ) -> None:
         self._ttl = ttl
+        self._fallback_timeout = fallback_timeout  # ms (CPMIW_FALLBACK_MS)
         self._as_addresses = as_addresses
         self._registered = registered
 
@@ -75,7 +83,6 @@ class Memo:
             or routing.warnings
             or routing.profile is None
             or (routing.fork is not None and not routing.fork.uniform)
-            or routing.sms_fallback is not None
             or request.source in self._as_addresses
             or self._registered.summary is None
             or self._registered.summary[0] != routing.profile.registration_aor
@@ -104,7 +111,13 @@ class Memo:
             request.headers, routing.service, decision.rewrite_to, drop_asserted=routing.untrusted
         )
         labels = memo.labels(request.method, routing.service, decision)
-        text = memo.outcome(labels, edits, aor, summary)
+        sms_fallback = None
+        if routing.sms_fallback is not None:
+            armed = fallback.armed(
+                routing.sms_fallback, routing.profile.subscriber, routing.service
+            )
+            sms_fallback = armed, self._fallback_timeout
+        text = memo.outcome(labels, edits, aor, summary, sms_fallback)
         if not ttl or text is None or not _free_enough():
             return
         if KSR.htable.sht_is_null(TALLY, labels) > 0:

@@ -97,14 +97,6 @@ def icsi_urn(service: Service) -> str:
 
 
 # Where Kamailio keeps what each registered device takes: htable `caps` (kamailio.cfg), keyed by
-# contact URI, valued by the family names joined by commas. Written by the adapter at REGISTER,
-# read by it to summarise each AOR's devices (devices.py) and by `cpmiw explain` over RPC.
+# contact URI, valued by the feature parameters of its Contact (core/devices.py). Written by the
+# adapter at REGISTER, read by it to summarise each AOR's devices and by `cpmiw explain` over RPC.
 DEVICE_TABLE = "caps"
-
-
-def families_text(families: frozenset[Family]) -> str:
-    return ",".join(sorted(family.value for family in families))
-
-
-def families_of_text(text: str) -> frozenset[Family]:
-    return frozenset(Family(name) for name in text.split(",") if name)

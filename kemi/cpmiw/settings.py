@@ -189,7 +189,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         redis_slow=_int(env, "CPMIW_REDIS_SLOW_MS", 10) / 1000,
         cache_entries=_int(env, "CPMIW_CACHE_ENTRIES", 20_000),
         cache_max_age=_int(env, "CPMIW_CACHE_MAX_AGE", 300),
-        memo_ttl=_int(env, "CPMIW_MEMO_TTL", 300, most=86400),
+        memo_ttl=_int(env, "CPMIW_MEMO_TTL", 3600, most=86400),
         marker_ttl=_int(env, "CPMIW_MARKER_TTL", 32, most=300),
         peers=peers,
         route_host=env.get("CPMIW_ROUTE_HOST") or f"{sip_addr}:{sip_port}",

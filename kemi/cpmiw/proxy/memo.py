@@ -9,9 +9,9 @@ Only what cannot differ is remembered: a deliver or rewrite to a subscriber whos
 read from their summary and all get the request alike (no tag of their own, no serial fork; an
 SMS fallback is armed again by route[MEMO_SMS_FALLBACK]), from a sender that is not an AS
 (whose requests may get conversation headers back), with no Route header and no warning.
-Bounded: an entry lives at most CPMIW_MEMO_TTL (less a random quarter, so that entries made
-together do not expire together) and not past a contact expiry of its summary; none is written
-while less than half the shared memory is free.
+Bounded: an entry lives at most CPMIW_MEMO_TTL less a random part of up to half (entries made
+together, after a start, expire spread over half the TTL, not in a wave of misses) and not past
+a contact expiry of its summary; none is written while less than half the shared memory is free.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Memo:
         decision: Decision = routing.decision
         now = time.time()
         ttl = memo.lifetime(
-            self._ttl * random.uniform(0.75, 1.0), devices.next_expiry(summary, now), now
+            self._ttl * random.uniform(0.5, 1.0), devices.next_expiry(summary, now), now
         )
         edits = header_edits(
             request.headers, routing.service, decision.rewrite_to, drop_asserted=routing.untrusted

@@ -180,13 +180,15 @@ class Cluster:
         return [node for node in self.nodes if node.running and _role(node) == "master"]
 
     def owner(self, key: str) -> Node:
-        """The master serving `key`'s slot now."""
-        probe = self.masters()[0]
-        slot = int(_command(probe, "CLUSTER", "KEYSLOT", key))
-        for start, end, master, *_ in _command(probe, "CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return next(node for node in self.nodes if node.port == int(master[1]))
-        raise LookupError(f"no master serves {key}")
+        """The running master that serves `key`'s slot now, by its own account: after a
+        failover the other masters learn the new owner by gossip, some time later."""
+        masters = self.masters()
+        slot = int(_command(masters[0], "CLUSTER", "KEYSLOT", key))
+        for node in masters:
+            for start, end, master, *_ in _command(node, "CLUSTER", "SLOTS"):
+                if start <= slot <= end and int(master[1]) == node.port:
+                    return node
+        raise LookupError(f"no running master serves {key}")
 
     def healthy(self) -> bool:
         """Every slot served (cluster_state:ok, as each running master sees it)."""

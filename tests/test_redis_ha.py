@@ -258,6 +258,47 @@ def test_reader_and_writer_follow_a_shard_failover(cluster: Cluster) -> None:
     assert reader.lookup("tel:+15558300001") == again
 
 
+def test_a_dead_shard_costs_its_own_subscribers_only(cluster: Cluster) -> None:
+    """A master is killed: at once the same reader (one worker's guard, one slot map) answers
+    for the subscribers of the other shards, while those of the dead one get StoreError, at
+    once, until its replica is promoted."""
+    client = connect(cluster.url, timeout=0.2)
+    store = ProfileStore(client)
+    reader = reader_of(client, 0.2)
+    profiles = [make_profile(f"gil{n}", f"+1555840{n:04d}", "cpm") for n in range(30)]
+    store.put(profiles)
+    # A master whose replica runs (an earlier test's failover left a master without one).
+    victim = next(
+        master
+        for master in cluster.masters()
+        if int(master.client().info("replication")["connected_slaves"]) > 0
+    )
+    on_victim = [p for p in profiles if cluster.owner(identity_key(p.subscriber)) is victim]
+    elsewhere = [p for p in profiles if p not in on_victim]
+    assert on_victim and elsewhere
+    assert all(reader.lookup(p.subscriber) == p for p in profiles)  # connected to every shard
+    victim.kill()
+    with pytest.raises(StoreError):
+        reader.lookup(on_victim[0].subscriber)
+    started = time.monotonic()
+    assert all(reader.lookup(p.subscriber) == p for p in elsewhere)  # served, not held back
+    assert time.monotonic() - started < 0.1 * len(elsewhere)
+    with pytest.raises(StoreError):
+        reader.lookup(on_victim[-1].subscriber)
+
+    def promoted() -> bool:
+        assert all(reader.lookup(p.subscriber) == p for p in elsewhere[:3])  # throughout
+        try:
+            return reader.lookup(on_victim[0].subscriber) == on_victim[0]
+        except StoreError:
+            return False
+
+    wait_until(promoted, "the promoted replica", timeout=15)
+    assert cluster.owner(identity_key(on_victim[0].subscriber)) is not victim
+    assert all(reader.lookup(p.subscriber) == p for p in profiles)
+    wait_until(cluster.healthy, "every slot served")
+
+
 # ---- readiness markers ---------------------------------------------------------------------
 
 

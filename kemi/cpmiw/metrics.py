@@ -141,12 +141,13 @@ _METRICS = {
     ),
     "cpmiw_redis_breaker_opened": _Spec(
         "counter",
-        "Times a worker's Redis breaker opened: a call failed, or its reply came late.",
+        "Times a worker's Redis breaker (one per Cluster shard) opened: a call failed, or its"
+        " reply came late.",
         ("reason",),
     ),
     # Set by each worker as its breaker opens and closes: the maximum over the processes.
     "cpmiw_redis_breaker_open": _Spec(
-        "gauge", "1 while the Redis breaker of at least one worker is open."
+        "gauge", "1 while a Redis breaker of at least one worker is open (any Cluster shard's)."
     ),
     "cpmiw_redis_seconds": _Spec(
         "histogram", "Duration of Redis round trips made by the plugin, failed ones included."

@@ -51,7 +51,7 @@ class Handlers:
         settings = self.settings
         client = connect(settings.redis_url, settings.redis_timeout)
         store = ProfileStore(client)
-        # Every Redis call made for a request: one time budget, one breaker (store/guard.py).
+        # Every Redis call for a request: one time budget, a breaker per shard (store/guard.py).
         self._guard = Guard(
             Connections(client),
             timeout=settings.redis_timeout,

@@ -23,10 +23,11 @@ needs Redis 7.4 for it, Debian 12 ships 7.0.
   what it holds to the permanent generation (gc.freeze); refcounting still frees an evicted
   profile, which has no reference cycles.
 - Failures: every Redis call goes through the worker's guard (store/guard.py: a time budget
-  per request, a breaker opened by a failure or a late reply). While Redis cannot be asked no
-  request waits on it: cached answers (even past `max_age`) are served, the rest raise
+  per request, a breaker per shard opened by a failure or a late reply). While Redis cannot be
+  asked no request waits on it: cached answers (even past `max_age`) are served, the rest raise
   StoreError at once (the caller's fail policy applies); a stream read that failed is tried
-  again with the next look-up after the breaker's backoff.
+  again with the next look-up after the breaker's backoff (only the breaker of the stream's own
+  shard holds it back: on Cluster, another shard's failover does not stop the invalidation).
 - A store that is empty or was wiped (no epoch, store/profiles.py) is not a store where nobody
   exists: its look-ups raise NotReadyError, never cached, and what the cache holds stays until
   the data is back (a write sets a new epoch, and everything is forgotten then).
@@ -66,7 +67,6 @@ class CachedProfiles:
         max_age: float,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._guard = guard
         self._reader = store.reader(guard)
         self._published = published
         self._capacity = capacity
@@ -85,7 +85,7 @@ class CachedProfiles:
     def lookup(self, identity: str) -> Profile | None:
         """The profile owning the canonical `identity`, or None; StoreError, ProfileError."""
         published = self._published()
-        if published != self._synced_to and not self._guard.open:
+        if published != self._synced_to:
             self._synchronise(published)
         now = self._clock()
         entry = self._entries.get(identity)
@@ -120,7 +120,7 @@ class CachedProfiles:
         try:
             changes = self._reader.changes(self._cursor)
         except UnavailableError:
-            return  # the breaker is open: cached answers are served meanwhile
+            return  # cached answers are served meanwhile; failed at once while the breaker is open
         if not changes.epoch:  # wiped: what is cached stays, the best there is until data is back
             self._synced_to = published
             return

@@ -6,9 +6,10 @@
 
 The tool writes them (`cpmiw credential`); the proxy reads one per authenticated REGISTER, on a
 worker's own connection, within the worker's Redis time budget: a Redis that fails or is slow
-costs a REGISTER at most CPMIW_REDIS_TIMEOUT_MS, then opens the worker's breaker (shared with
-the profile look-ups) so that the next ones are answered 503 at once. No cache: a REGISTER is
-rare beside a MESSAGE, and a rotated or removed credential must count at the next REGISTER.
+costs a REGISTER at most CPMIW_REDIS_TIMEOUT_MS, then opens the worker's breaker for that
+shard (shared with the profile look-ups) so that the next ones are answered 503 at once. No
+cache: a REGISTER is rare beside a MESSAGE, and a rotated or removed credential must count at
+the next REGISTER.
 
 A credential missing from a bucket without its readiness marker (store/profiles.py: a Redis
 restarted empty, a shard lost) is a store not ready (StoreError), never a subscriber without a
@@ -105,7 +106,7 @@ def _checked(identity: str, raw: bytes | str) -> Credential:
 
 class CredentialReader:
     """A worker's credential look-ups: one round trip each through the worker's guard (its
-    connections, the request's time budget, the breaker shared with the profile look-ups)."""
+    connections, the request's time budget, the breakers shared with the profile look-ups)."""
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard

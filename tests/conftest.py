@@ -10,6 +10,7 @@ them); tests/test_registration_trust.py starts proxies that authenticate devices
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -200,9 +201,14 @@ class Kamailio:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    # How long the log is waited for: a worker writes its decision line after relaying or
+    # answering, and on a loaded machine it may wait for a CPU a while before it does.
+    LOG_WAIT = 10.0
+
     def decision_lines(self, call_id: str, count: int = 1) -> list[str]:
-        """The decision log lines of `call_id`, once at least `count` are written (or 2 s)."""
-        deadline = time.monotonic() + 2.0
+        """The decision log lines of `call_id`, once at least `count` are written (or
+        LOG_WAIT s)."""
+        deadline = time.monotonic() + self.LOG_WAIT
         while True:
             lines = [
                 line for line in self.log().splitlines() if f"cpmiw: call-id={call_id} " in line
@@ -212,11 +218,30 @@ class Kamailio:
             time.sleep(0.02)
 
     def wait_for_log(self, text: str) -> str:
-        """The log, once `text` appears in it (or after 2 s)."""
-        deadline = time.monotonic() + 2.0
+        """The log, once `text` appears in it (or after LOG_WAIT s)."""
+        deadline = time.monotonic() + self.LOG_WAIT
         while text not in (log := self.log()) and time.monotonic() < deadline:
             time.sleep(0.02)
         return log
+
+    def routed_by(self, call_ids: set[str]) -> dict[str, str]:
+        """The process (pid) that routed each of the requests `call_ids`, once each has its
+        decision line in the log."""
+        routed: dict[str, str] = {}
+
+        def logged() -> bool:
+            for line in self.log().splitlines():
+                match = _ROUTED_BY.match(line)
+                if match and match[2] in call_ids:
+                    routed[match[2]] = match[1]
+            return routed.keys() == call_ids
+
+        wait_until(logged, "the decision lines", timeout=self.LOG_WAIT)
+        return routed
+
+
+# A decision line: the pid of the process that wrote it, the request's Call-ID.
+_ROUTED_BY = re.compile(r"^\s*\d+\((\d+)\) .*cpmiw: call-id=(\S+) ")
 
 
 def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:

@@ -9,7 +9,6 @@ change requests still route by the old profile.
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 import time
@@ -274,19 +273,10 @@ def test_the_watcher_stamp_tells_a_wiped_data_set(own_redis: RedisServer) -> Non
 
 # -- through Kamailio --------------------------------------------------------------------------
 
-_WORKER = re.compile(r"^\s*\d+\((\d+)\) .*cpmiw: call-id=(\S+) ")
-
 
 def _workers(net: Network, call_ids: set[str]) -> set[str]:
     """The Kamailio processes (pids) that routed the given requests, from its log."""
-    net.kamailio.decision_lines(max(call_ids))  # wait for the log to catch up
-    time.sleep(0.1)
-    pids = set()
-    for line in net.kamailio.log().splitlines():
-        match = _WORKER.match(line)
-        if match and match.group(2) in call_ids:
-            pids.add(match.group(1))
-    return pids
+    return set(net.kamailio.routed_by(call_ids).values())
 
 
 def _burst(net: Network, callers: tuple[Peer, Peer], ruri: str) -> list[tuple[float, int, str]]:

@@ -262,7 +262,11 @@ def test_a_busy_device_falls_back_at_once(net: Network) -> None:
     with Peer() as caller, device(net, profile, tags=CPM_TAGS) as phone:
         sent = cpm_message(caller, profile.registration_aor)
         caller.send(sent, net.kamailio.address)
-        phone.reply(phone.recv_request("MESSAGE"), 486, "Busy Here")
+        at_phone = phone.recv_request("MESSAGE")
+        # Answered once the delivery is logged (after relaying): the failure route's worker
+        # logs the fallback, and could otherwise write first.
+        _rules(net, sent)
+        phone.reply(at_phone, 486, "Busy Here")
         started = time.monotonic()
         net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
         assert time.monotonic() - started < FALLBACK

@@ -128,7 +128,7 @@ def _registered(proxy: Kamailio, profile: Profile, tags: str = "") -> Iterator[P
 
 def _deliver(caller: Peer, ue: Peer, proxy: Kamailio, request: SipMessage) -> SipMessage:
     caller.send(request, proxy.address)
-    received = ue.recv_request("MESSAGE", timeout=2.0)
+    received = ue.recv_request("MESSAGE")
     ue.reply(received, 200, "OK")
     assert caller.recv_response().status == 200
     return received
@@ -144,10 +144,25 @@ def _new_branch(request: SipMessage) -> list[tuple[str, str]]:
 
 
 def _known(proxy: Kamailio, *aors: str) -> None:
-    """Waits until `proxy` holds the devices summary of each AOR: registrations made through
-    another proxy reach it by DMQ, a few milliseconds after that proxy answered the REGISTER (and
-    later still while the proxies' DMQ handshake, after a start, is under way)."""
-    wait_until(lambda: all(_summary(proxy, aor) is not None for aor in aors), "replication")
+    """Waits until `proxy` holds each AOR's contacts (usrloc, which delivery looks up) and its
+    devices summary (htable, which routing reads): registrations made through another proxy reach
+    it by DMQ, a few milliseconds after that proxy answered the REGISTER (and later still while
+    the proxies' DMQ handshake, after a start, is under way), each in a DMQ message of its own,
+    in either order."""
+    wait_until(lambda: all(_replicated(proxy, aor) == (True, True) for aor in aors), "replication")
+
+
+def _forgotten(proxy: Kamailio, aor: str) -> None:
+    """Waits until a de-registration made through another proxy has reached `proxy` (both of
+    its DMQ messages)."""
+    wait_until(lambda: _replicated(proxy, aor) == (False, False), "de-registration replicated")
+
+
+def _replicated(proxy: Kamailio, aor: str) -> tuple[bool, bool]:
+    """Whether `proxy` has (contacts of `aor` in usrloc, a devices summary of it)."""
+    with KamailioRpc(str(proxy.rpc_socket)) as rpc:
+        contacts = bool(rpc.contacts(aor))
+    return contacts, _summary(proxy, aor) is not None
 
 
 def _summary(proxy: Kamailio, aor: str) -> str | None:
@@ -179,6 +194,7 @@ def test_a_device_registered_through_one_proxy_is_reached_through_the_other(
         assert summary is not None and _summary(b, dave.registration_aor) == summary
     print(f"\nregistered through A, delivered through B {delay * 1000:.1f} ms later")
     # The de-registration through A reached B too.
+    _forgotten(b, dave.registration_aor)
     with Peer() as caller:
         caller.send(cpm_message(caller, dave.registration_aor), b.address)
         assert caller.recv_response().status == 480
@@ -218,19 +234,27 @@ def _to_the_as_and_back(
     ue.reply(received, 200, "OK")
     assert [r.status for r in im_as.relay_responses()] == [200]
     assert caller.recv_response().status == 200
+    # Each proxy logs its decision after relaying, maybe after the answers came back.
+    call_id = forwarded.header("Call-ID") or ""
+    if via is back_to:
+        via.decision_lines(call_id, 2)
+    else:
+        via.decision_lines(call_id, 1)
+        back_to.decision_lines(call_id, 1)
     return forwarded
 
 
 def _replayed_from_the_as(pair: Proxies, ue: Peer, forwarded: SipMessage, proxy: Kamailio) -> None:
     """The AS sends a request it sent back once again: the proxy refuses the marker and routes
     the request as any other from an AS address (rule from-as), not as one back from its AS."""
+    call_id = forwarded.header("Call-ID") or ""
+    logged = len(proxy.decision_lines(call_id, 0))  # its lines of this request so far
     pair.im_as.send(replace(forwarded, headers=_new_branch(forwarded)), proxy.address)
     ue.reply(ue.recv_request("MESSAGE"), 200, "OK")
     assert pair.im_as.recv_response().status == 200
     warning = "replayed AS marker from 127.0.0.3 ignored"
     assert warning in proxy.wait_for_log(warning)
-    call_id = forwarded.header("Call-ID") or ""
-    last = proxy.decision_lines(call_id, 2)[-1]
+    last = proxy.decision_lines(call_id, logged + 1)[-1]
     assert " rule=from-as " in last
 
 
@@ -250,6 +274,7 @@ def test_an_honoured_marker_is_refused_after_a_restart(pair: Proxies) -> None:
         a = pair.proxies[0]
         forwarded = _to_the_as_and_back(pair, caller, ue, a, a, erin)
         a = pair.restart(0)
+        _known(a, erin.registration_aor)  # learnt back from B
         _replayed_from_the_as(pair, ue, forwarded, a)
 
 
@@ -313,13 +338,17 @@ def test_a_proxy_killed_under_load(pair: Proxies) -> None:
             time.sleep(1.0)
             # A hands a request to the IM AS and dies before the AS sends it back.
             caller.send(cpm_message(caller, erin.registration_aor), a.address)
-            time.sleep(0.1)
+            im_as = StatelessProxy(pair.im_as)
+            handed = pair.im_as.recv_request("MESSAGE")
             killed_at = load.elapsed
             os.killpg(a.process.pid, signal.SIGKILL)
             time.sleep(0.5)
             load.move(b.address)
             # The AS sends its request back to B, as DNS gives it B: A's marker is honoured.
-            StatelessProxy(pair.im_as).forward_one(to=b.address)
+            im_as.forward(handed, to=b.address)
+            wait_until(
+                lambda: bool(devices.addressed_to(erin.registration_aor)), "delivered through B"
+            )
             time.sleep(2.0)
             outcomes = load.stop(drain=5.0)
             # The SMS user's reply through B gets the conversation A remembered.

@@ -415,7 +415,16 @@ class StatelessProxy:
     ) -> SipMessage:
         """Receive one request and forward it; return it as forwarded. `to`: where to, instead
         of its next Route (as when that proxy is down and DNS gives another one)."""
-        msg = self.peer.recv_request(timeout=timeout)
+        return self.forward(self.peer.recv_request(timeout=timeout), mutate=mutate, to=to)
+
+    def forward(
+        self,
+        msg: SipMessage,
+        *,
+        mutate: Callable[[SipMessage], SipMessage] | None = None,
+        to: Address | None = None,
+    ) -> SipMessage:
+        """Forward `msg`, a request received earlier, as forward_one does."""
         top_route = _first_entry(msg, "route")
         if top_route is not None and self._is_me(host_port_of(uri_of(top_route))):
             msg = _pop_first_entry(msg, "route")

@@ -6,7 +6,8 @@ while requests pass at once. Set `delay` at any time; 0 relays without holding.
 
 In a process of its own (`python -m cpmiw.testing.slowredis UPSTREAM_PORT DELAY_MS`), so that
 the relay does not share a benchmark's interpreter: it prints its port, holds replies while it
-has received SIGUSR1 more recently than SIGUSR2, and stops at SIGTERM.
+has received SIGUSR1 more recently than SIGUSR2 (printing "held" or "released" once it does what
+a signal says), and stops at SIGTERM.
 """
 
 from __future__ import annotations
@@ -96,8 +97,13 @@ class DelayProxy:
 def main(argv: list[str]) -> None:
     upstream, delay_ms = int(argv[0]), int(argv[1])
     proxy = DelayProxy(upstream)
-    signal.signal(signal.SIGUSR1, lambda *_: setattr(proxy, "delay", delay_ms / 1000))
-    signal.signal(signal.SIGUSR2, lambda *_: setattr(proxy, "delay", 0.0))
+
+    def hold(on: bool) -> None:
+        proxy.delay = delay_ms / 1000 if on else 0.0
+        print("held" if on else "released", flush=True)  # a signal's sender may wait for it
+
+    signal.signal(signal.SIGUSR1, lambda *_: hold(True))
+    signal.signal(signal.SIGUSR2, lambda *_: hold(False))
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     print(proxy.port, flush=True)

@@ -7,13 +7,17 @@ again, as in a Kamailio worker that is not restarted.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
 from click.testing import CliRunner
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from conftest import RedisServer, make_guard
@@ -29,7 +33,15 @@ from cpmiw.store.profiles import (
     identity_key,
     ready_key,
 )
-from cpmiw.store.redis import Client, Connections, StoreError, UrlError, connect, parse_url
+from cpmiw.store.redis import (
+    Client,
+    Connections,
+    LateError,
+    StoreError,
+    UrlError,
+    connect,
+    parse_url,
+)
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.topology import Cluster, SentinelSet, redis_cluster, sentinel_set
 
@@ -297,6 +309,43 @@ def test_a_dead_shard_costs_its_own_subscribers_only(cluster: Cluster) -> None:
     assert cluster.owner(identity_key(on_victim[0].subscriber)) is not victim
     assert all(reader.lookup(p.subscriber) == p for p in profiles)
     wait_until(cluster.healthy, "every slot served")
+
+
+def test_only_a_call_to_the_failed_shard_fetches_the_slot_map(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master paused (no failover: shorter than the node timeout): the calls to the other
+    shards go by the map as it is, never waiting on a fetch of it (which may ask the paused
+    node first); the next call to the paused shard fetches it, once."""
+    client = connect(cluster.url, timeout=0.2)
+    store = ProfileStore(client)
+    reader = store.reader(make_guard(client, timeout=0.2, slow=0.05, backoff=0.05))
+    profiles = [make_profile(f"hil{n}", f"+1555850{n:04d}", "cpm") for n in range(30)]
+    store.put(profiles)
+    paused = cluster.owner(identity_key(profiles[0].subscriber))
+    elsewhere = [p for p in profiles if cluster.owner(identity_key(p.subscriber)) is not paused]
+    assert all(reader.lookup(p.subscriber) == p for p in profiles)
+    fetches: list[float] = []
+    manager = cast(RedisCluster, client).nodes_manager  # redis-py's, the worker's map
+    fetch = manager.initialize
+
+    def counted(*args: Any, **options: Any) -> None:
+        fetches.append(time.monotonic())
+        fetch(*args, **options)
+
+    monkeypatch.setattr(manager, "initialize", counted)
+    assert paused.process is not None
+    os.kill(paused.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(LateError):
+            reader.lookup(profiles[0].subscriber)
+        assert all(reader.lookup(p.subscriber) == p for p in elsewhere)
+        assert fetches == []
+    finally:
+        os.kill(paused.process.pid, signal.SIGCONT)
+    time.sleep(0.05)  # the backoff
+    assert reader.lookup(profiles[0].subscriber) == profiles[0]
+    assert len(fetches) == 1
 
 
 # ---- readiness markers ---------------------------------------------------------------------

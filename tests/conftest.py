@@ -26,6 +26,7 @@ import redis
 
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
+from cpmiw.ops.rpc import KamailioRpc
 from cpmiw.store.guard import Guard
 from cpmiw.store.profiles import Changes, ProfileStore, Reader
 from cpmiw.store.redis import Client, Connections, connect
@@ -224,6 +225,12 @@ class Kamailio:
             time.sleep(0.02)
         return log
 
+    def shared(self, name: str) -> object:
+        """What the proxy holds in `$shv(name)` now, asked over its control socket."""
+        with KamailioRpc(str(self.rpc_socket)) as rpc:
+            found = rpc.call("pv.shvGet", name)
+        return found.get("value") if isinstance(found, dict) else None
+
     def routed_by(self, call_ids: set[str]) -> dict[str, str]:
         """The process (pid) that routed each of the requests `call_ids`, once each has its
         decision line in the log."""
@@ -295,7 +302,8 @@ def start_kamailio(env: dict[str, str], log_dir: Path) -> Kamailio:
                 return False
             return True
 
-        wait_until(answers, "kamailio")
+        # Its start loads Python and the plugin in every process: seconds on a loaded machine.
+        wait_until(answers, "kamailio", timeout=30)
     return kamailio
 
 

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LAUNCHER, Network, RedisServer, make_network
 from cpmiw.core.message import SipMessage
+from cpmiw.testing import wait_until
 from cpmiw.testing.flood import Flood
 from cpmiw.testing.sipnet import Peer, host_port_of
 from sipflows import deliver_and_answer, device, subscriber
@@ -200,7 +201,10 @@ def test_full_shared_memory_is_answered_503_never_500(small: Network) -> None:
                     request = caller.request("MESSAGE", bob.registration_aor, body=b"hi")
                     caller.send(request, small.kamailio.address)
                 answers += [caller.recv_response() for _ in range(100)]
-            time.sleep(5.5)  # the held transactions expire: memory is back
+            # The held transactions expire (tm's 5 s wait timer): memory is back.
+            wait_until(
+                lambda: small.kamailio.shared("cpmiw_memory_low") == 0, "memory back", timeout=30
+            )
             again = caller.ask(
                 caller.request("MESSAGE", bob.registration_aor), small.kamailio.address
             )

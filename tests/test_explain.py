@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -113,7 +114,8 @@ def route_through_proxy(net: Network, caller: Peer, device: Peer, request: SipMe
     final response: the device, the IM AS or the IP-SM-GW (200, or 603 for an INVITE: a decline
     that leaves nothing to SMS fallback)."""
     caller.send(request, net.kamailio.address)
-    for _ in range(200):
+    deadline = time.monotonic() + 10.0  # the AS's 500 ms, and room for a loaded machine
+    while time.monotonic() < deadline:
         for party in (device, net.im_as, net.ip_sm_gw):
             try:
                 received = party.recv(timeout=0.005)

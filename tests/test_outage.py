@@ -77,7 +77,9 @@ def test_while_redis_is_down_hits_are_served_and_misses_fail_without_asking(
     started = time.monotonic()
     with pytest.raises(StoreError, match="circuit open"):
         cache.lookup(unknown.subscriber)
-    assert time.monotonic() - started < 0.005  # failed at once, Redis not asked
+    # Failed at once, Redis not asked: under the 50 ms a wait would cost, with room for a loaded
+    # machine to take the CPU from this process a while.
+    assert time.monotonic() - started < 0.025
     clock.advance(0.25)  # backoff over: Redis is tried again, fails again, breaker re-armed
     with pytest.raises(StoreError, match="Connection refused"):
         cache.lookup(unknown.subscriber)
@@ -150,14 +152,17 @@ def traffic(
 
 
 def warm_up(net: Network, callers: tuple[Peer, Peer], profile: Profile) -> None:
-    """Until both workers have `profile` cached (403): a worker's first request after the start
-    may find the machine busy and take longer than the whole Redis budget."""
+    """Until both workers have `profile` cached (403): which worker takes a request is the
+    kernel's choice, and a worker's first request after the start may find the machine busy and
+    take longer than the whole Redis budget."""
+    found: set[str] = set()  # the Call-IDs of the requests that found it
 
     def warm() -> bool:
         rounds = traffic(net, callers, {"a": profile, "b": profile}, 0.2)
-        return {a.response.status for a in rounds} == {403}
+        found.update(a.response.header("Call-ID") or "" for a in rounds if a.response.status == 403)
+        return len(set(net.kamailio.routed_by(found).values())) == 2
 
-    wait_until(warm, "both workers warm", timeout=5)
+    wait_until(warm, "both workers warm")
 
 
 def statuses(answers: list[Answer], who: str, after: float = 0.0) -> set[int]:
@@ -249,13 +254,16 @@ def test_a_change_watcher_that_fails_unexpectedly_logs_and_carries_on(
     dave = barred()
     with outage_network(redis_of_its_own, log_dir) as net, Peer() as caller:
         net.provision(dave)
+        broken = time.monotonic()
         redis_of_its_own.client().set(EPOCH, b"\xff\xfe")
         log = net.kamailio.wait_for_log("cpmiw: change watcher failed")
         assert "UnicodeDecodeError" in log
         redis_of_its_own.client().set(EPOCH, "repaired")
+        broken_for = time.monotonic() - broken
         net.provision(Profile(identities=dave.identities, services=dave.services))  # 480
-        time.sleep(2 * BACKOFF_MS / 1000)  # the watcher back, the change published
+        stamp = str(net.store.signal(wait=0.1).stamp())
+        wait_until(lambda: net.kamailio.shared("cpmiw_changes") == stamp, "the change published")
         request = caller.request("MESSAGE", dave.registration_aor, headers=CPM_PAGER)
         assert caller.ask(request, net.kamailio.address).status == 480
         failures = net.kamailio.log().count("cpmiw: change watcher failed")
-    assert 1 <= failures <= 2 * BACKOFF_MS / 1000 / 0.1 + 2  # one per backoff at most
+    assert 1 <= failures <= broken_for / (BACKOFF_MS / 1000) + 2  # one per backoff at most

@@ -60,7 +60,7 @@ def _flood(net: Network, victims: list[str]) -> Counter[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((FLOODER, 0))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        sock.settimeout(2.0)
+        sock.settimeout(10.0)  # an answer later than this is missing (a loaded machine: seconds)
         port = sock.getsockname()[1]
         in_flight = 0
         for index in range(FLOOD):

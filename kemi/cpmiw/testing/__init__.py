@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 
@@ -50,18 +52,50 @@ RECIPIENT_KINDS: dict[str, Profile | None] = {
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` (SIP listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-            return port
+    """A port free for both UDP and TCP on `host` (SIP listens on both), never given before by
+    this process.
+
+    Chosen at random outside the kernel's ephemeral range, from which every connection and every
+    socket bound to port 0 takes its own port: none of them can take this one between its choice
+    and its server's start, nor while a server stopped on it is started again.
+    """
+    for _ in range(100):
+        port = random.choice(_PORTS) if _PORTS else _any_port(host)
+        if port in _given:
+            continue
+        try:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+            ):
+                tcp.bind((host, port))
+                udp.bind((host, port))
+        except OSError:
+            continue
+        _given.add(port)
+        return port
     raise RuntimeError("no free port")
+
+
+def _any_port(host: str) -> int:
+    """A port the kernel picks (from its ephemeral range: when no other range is left)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        tcp.bind((host, 0))
+        return int(tcp.getsockname()[1])
+
+
+def _ports_to_give() -> range:
+    """The larger of the ranges below and above the ephemeral one, from 10,000 (below: ports
+    that well-known services use); Linux's default when the range cannot be read."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return max(range(10_000, low), range(max(high + 1, 10_000), 65536), key=len)
+
+
+_PORTS = _ports_to_give()
+_given: set[int] = set()
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

@@ -22,6 +22,7 @@ from cpmiw.testing import wait_until
 from cpmiw.testing.sipnet import Peer
 from sipflows import (
     CPM_MSG_URN,
+    chat_invite,
     cpm_message,
     deliver_and_answer,
     device,
@@ -32,6 +33,7 @@ from sipflows import (
 IM_TAG = "+g.oma.sip-im"
 IM = f";{IM_TAG}"  # registered Contact parameters
 CPM = ';+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'
+SESSION = "oma.cpm.session"
 
 
 def decision(net: Network, request: SipMessage) -> str:
@@ -87,6 +89,26 @@ def test_a_rewrite_is_replayed_with_the_same_headers(net: Network) -> None:
     assert without_ids(at_last) == without_ids(at_first)
     assert at_last.header_values("Accept-Contact")[0].startswith(f"*;{IM_TAG};require")
     assert at_last.header("P-Preferred-Service") is None  # the CPM URN left with the rewrite
+
+
+def test_a_chat_invitation_rewritten_is_replayed_for_another_senders_device(net: Network) -> None:
+    """The Contact of an invitation to an IM-only recipient names the sender's device: what is
+    remembered is its rewritten header parameters, and a replay puts them after the next
+    sender's own name-addr."""
+    bob = subscriber(net, "im")
+    with device(net, bob, tags=IM) as ue:
+        with Peer() as first:
+            exchanged = until_replayed(
+                net, first, ue, lambda: chat_invite(first, bob.registration_aor, SESSION)
+            )
+        with Peer() as second:
+            invite = chat_invite(second, bob.registration_aor, SESSION)
+            at_ue = deliver_and_answer(second, ue, invite, net)
+    assert not replayed(net, exchanged[0][0])
+    assert exchanged[0][1].header("Contact") == f"<sip:caller@127.0.0.1:{first.port}>{IM}"
+    assert replayed(net, invite)
+    assert "action=rewrite rule=interworking-rewrite" in decision(net, invite)
+    assert at_ue.header("Contact") == f"<sip:caller@127.0.0.1:{second.port}>{IM}"
 
 
 def test_an_untrusted_p_asserted_service_is_removed_on_replay_too(net: Network) -> None:

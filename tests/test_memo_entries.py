@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cpmiw.core import memo
 from cpmiw.core.classify import ServiceHeaders
 from cpmiw.core.decision import Action, Decision
 from cpmiw.core.services import Service
 
 SESSION_URN = "urn:urn-7:3gpp-service.ims.icsi.oma.cpm.session"
+NONE, PARAMS, WHOLE = memo.ContactPart.NONE, memo.ContactPart.PARAMS, memo.ContactPart.WHOLE
 REWRITE = Decision(Action.REWRITE, "interworking-rewrite", rewrite_to=Service.IM_PAGER)
 
 
@@ -47,13 +50,35 @@ def test_an_entry_lives_no_longer_than_the_next_contact_expiry() -> None:
     assert memo.lifetime(300.0, 1000.5, 1000.0) == 0
 
 
+CONTACT = '<sip:a@h>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session"'
+NAMED = ServiceHeaders("INVITE", preferred_service=SESSION_URN, contact=CONTACT)
+
+
 def test_an_outcome_holds_whatever_the_contact_when_the_service_was_named_before_it() -> None:
-    contact = '<sip:a@h>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session"'
-    named = ServiceHeaders("INVITE", preferred_service=SESSION_URN, contact=contact)
-    assert memo.contact_free(named, Service.CPM_SESSION, {}, trusted=True)
-    # ... unless the Contact is rewritten (an IM recipient), or it alone names the service
+    assert memo.contact_part(NAMED, Service.CPM_SESSION, {}, trusted=True) is NONE
+    assert memo.contact_part(ServiceHeaders("MESSAGE"), Service.NONE, {}, trusted=True) is NONE
+    # ... unless the Contact alone names the service
+    only_contact = ServiceHeaders("INVITE", contact=CONTACT)
+    assert memo.contact_part(only_contact, Service.CPM_SESSION, {}, trusted=True) is WHOLE
+
+
+def test_a_rewritten_contact_counts_by_its_header_parameters_alone() -> None:
     rewritten = {"Contact": "<sip:a@h>;+g.oma.sip-im"}
-    assert not memo.contact_free(named, Service.CPM_SESSION, rewritten, trusted=True)
-    only_contact = ServiceHeaders("INVITE", contact=contact)
-    assert not memo.contact_free(only_contact, Service.CPM_SESSION, {}, trusted=True)
-    assert memo.contact_free(ServiceHeaders("MESSAGE"), Service.NONE, {}, trusted=True)
+    assert memo.contact_part(NAMED, Service.CPM_SESSION, rewritten, trusted=True) is PARAMS
+    text = memo.outcome("L", rewritten, "sip:bob@h", "0:im", contact=PARAMS)
+    assert text == "L|0300||;+g.oma.sip-im|||bob@h|sip:bob@h|0:im||"
+
+
+@pytest.mark.parametrize(
+    "contact",
+    [
+        '"a>b" <sip:a@h>;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session"',
+        CONTACT + ", <sip:b@h>",  # two name-addrs
+        CONTACT.replace(">;", "> ;"),  # what follows the name-addr is not its parameters
+        CONTACT.replace("<sip:a@h>", "sip:a@h"),  # no name-addr
+    ],
+)
+def test_any_other_rewritten_contact_counts_whole(contact: str) -> None:
+    headers = ServiceHeaders("INVITE", preferred_service=SESSION_URN, contact=contact)
+    rewritten = {"Contact": contact.replace(CONTACT.partition(">")[2], ";+g.oma.sip-im")}
+    assert memo.contact_part(headers, Service.CPM_SESSION, rewritten, trusted=True) is WHOLE

@@ -32,14 +32,18 @@ from .registrations import RegisteredDevices
 
 TABLE = "memo"  # htable (kamailio.cfg) of the remembered outcomes
 TALLY = "tally"  # htable (kamailio.cfg): requests replayed, per labels
-# The request's shape as route[MEMO] builds it into an outcome's key, with its Contact and
-# without it (core.memo.contact_free): keep them the same as kamailio.cfg's.
+# The request's shape as route[MEMO] builds it into an outcome's key, with what of its Contact
+# the outcome depends on (core.memo.contact_part): keep them the same as kamailio.cfg's.
 _SHAPE = (
     "$_s($ru|$rm|$si|$(hdr(Accept-Contact)[*])|{contact}"
     "|$(hdr(P-Preferred-Service)[*])|$(hdr(P-Asserted-Service)[*])|$(hdr(Content-Type)[*])"
     "|$(hdr(Reject-Contact)[*])|$(hdr(Request-Disposition)[*]))"
 )
-SHAPES = {False: _SHAPE.format(contact="$(hdr(Contact)[*])"), True: _SHAPE.format(contact="*")}
+SHAPES = {
+    memo.ContactPart.NONE: _SHAPE.format(contact="*"),
+    memo.ContactPart.PARAMS: _SHAPE.format(contact=">$(hdr(Contact)[*]{s.after,>})"),
+    memo.ContactPart.WHOLE: _SHAPE.format(contact="$(hdr(Contact)[*])"),
+}
 _ITERATOR = "cpmiw_tally"
 # 1 when route[MEMO] logs each replay as the plugin logs its decisions (CPMIW_DECISION_LOG=all).
 LOGGED = "$shv(cpmiw_replays_logged)"
@@ -68,8 +72,11 @@ class Memo:
         self._as_addresses = as_addresses
         self._registered = registered
 
-    def candidate(self, routing: Plan, request: Request, stamp: str) -> str | None:
-        """The shape of a request whose plan may be remembered once carried out, else None.
+    def candidate(
+        self, routing: Plan, request: Request, stamp: str
+    ) -> tuple[str, memo.ContactPart] | None:
+        """The shape of a request whose plan may be remembered once carried out, and what of
+        its Contact the shape holds; None if it may not be.
 
         Read before the plan is carried out: delivering changes the Request-URI. Nothing is
         remembered before the change watcher published a stamp: the profiles' version is unknown.
@@ -89,16 +96,18 @@ class Memo:
         ):
             return None
         edits = header_edits(request.headers, routing.service, decision.rewrite_to)
-        free = memo.contact_free(
+        part = memo.contact_part(
             request.headers, routing.service, edits, trusted=not routing.untrusted
         )
         try:
-            shape = str(KSR.pv.get(SHAPES[free]))
+            shape = str(KSR.pv.get(SHAPES[part]))
         except UnicodeDecodeError:  # not UTF-8: a shape the plugin routes every time
             return None
-        return shape if "\x00" not in shape else None
+        return (shape, part) if "\x00" not in shape else None
 
-    def remember(self, shape: str, stamp: str, routing: Plan, request: Request) -> None:
+    def remember(
+        self, shape: tuple[str, memo.ContactPart], stamp: str, routing: Plan, request: Request
+    ) -> None:
         """Remembers a plan that was carried out as decided (`candidate` gave its shape)."""
         assert routing.profile is not None and self._registered.summary is not None
         aor, summary = self._registered.summary
@@ -117,12 +126,13 @@ class Memo:
                 routing.sms_fallback, routing.profile.subscriber, routing.service
             )
             sms_fallback = armed, self._fallback_timeout
-        text = memo.outcome(labels, edits, aor, summary, sms_fallback)
+        key, part = shape
+        text = memo.outcome(labels, edits, aor, summary, sms_fallback, part)
         if not ttl or text is None or not _free_enough():
             return
         if KSR.htable.sht_is_null(TALLY, labels) > 0:
             KSR.htable.sht_seti(TALLY, labels, 0)
-        KSR.htable.sht_setxs(TABLE, f"{stamp}{memo.SEPARATOR}{shape}", text, ttl)
+        KSR.htable.sht_setxs(TABLE, f"{stamp}{memo.SEPARATOR}{key}", text, ttl)
 
 
 def tallies() -> dict[str, int]:

@@ -126,25 +126,33 @@ def test_counters_move_by_exactly_the_traffic_sent(metered: Network, metrics_dir
     barred, nothing = subscriber(net, "cpm", barred=True), subscriber(net, "")
     erin = subscriber(net, "im", interworking="im_as")
     before = scrape(net.kamailio.metrics_url)
+    # Each request's decisions, counted by the worker before it logs them, after it relayed or
+    # answered: the scrape waits for those lines.
+    decisions: Counter[str] = Counter()
+
+    def logged(request: SipMessage, count: int = 1) -> SipMessage:
+        decisions[request.header("Call-ID") or ""] += count
+        return request
+
     with Peer("127.0.0.5") as ue, Peer() as a, Peer() as b, Peer() as c:
         for profile in (cpm, im, erin):
             assert ue.register(net.kamailio.address, profile.registration_aor).status == 200
         # three at once, so that more than one worker process counts
-        sent = [(peer, message(peer, cpm.registration_aor)) for peer in (a, b, c)]
+        sent = [(peer, logged(message(peer, cpm.registration_aor))) for peer in (a, b, c)]
         for peer, request in sent:
             peer.send(request, net.kamailio.address)
         for _ in sent:
             ue.reply(ue.recv_request("MESSAGE"), 200, "OK")
         assert [peer.recv_response().status for peer, _ in sent] == [200, 200, 200]
         for _ in range(2):
-            a.send(message(a, im.registration_aor), net.kamailio.address)
+            a.send(logged(message(a, im.registration_aor)), net.kamailio.address)
             ue.reply(ue.recv_request("MESSAGE"), 200, "OK")
             assert a.recv_response().status == 200
-        a.send(message(a, sms.identities[1]), net.kamailio.address)
+        a.send(logged(message(a, sms.identities[1])), net.kamailio.address)
         net.ip_sm_gw.reply(net.ip_sm_gw.recv_request("MESSAGE"), 202, "Accepted")
         assert a.recv_response().status == 202
         # the IM AS fails: default handling `continue` delivers with the tag rewritten
-        a.send(message(a, erin.registration_aor), net.kamailio.address)
+        a.send(logged(message(a, erin.registration_aor), 2), net.kamailio.address)
         net.im_as.reply(net.im_as.recv_request("MESSAGE"), 500, "Server Error")
         ue.reply(ue.recv_request("MESSAGE"), 200, "OK")
         assert a.recv_response().status == 200
@@ -154,13 +162,15 @@ def test_counters_move_by_exactly_the_traffic_sent(metered: Network, metrics_dir
             (barred.registration_aor, 403),
         ]
         for uri, status in rejected:
-            assert a.ask(message(a, uri), net.kamailio.address).status == status
+            assert a.ask(logged(message(a, uri)), net.kamailio.address).status == status
         invite = a.request(
             "INVITE", nothing.registration_aor, headers=[("Accept-Contact", CPM_SESSION)]
         )
-        assert a.ask(invite, net.kamailio.address).status == 488
+        assert a.ask(logged(invite), net.kamailio.address).status == 488
         options = a.request("OPTIONS", "sip:someone@elsewhere.example.org")
-        assert a.ask(options, net.kamailio.address).status == 403
+        assert a.ask(logged(options), net.kamailio.address).status == 403
+    for call_id, count in decisions.items():
+        net.kamailio.decision_lines(call_id, count)
     after = scrape(net.kamailio.metrics_url)
 
     assert moved(before, after, "cpmiw_requests_total") == {
@@ -220,9 +230,11 @@ def test_redis_errors_and_503_are_counted(metered: Network, own_redis: RedisServ
     own_redis.stop()
     try:
         with Peer() as caller:
-            assert caller.ask(message(caller, uri), net.kamailio.address).status == 503
+            request = message(caller, uri)
+            assert caller.ask(request, net.kamailio.address).status == 503
     finally:
         own_redis.start()
+    net.kamailio.decision_lines(request.header("Call-ID") or "")  # counted, then logged
     after = scrape(net.kamailio.metrics_url)
     assert moved(before, after, "cpmiw_redis_errors_total") == {(): 1}
     assert moved(before, after, "cpmiw_profile_lookups_total") == {("error",): 1}

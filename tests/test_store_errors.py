@@ -41,12 +41,13 @@ def own_network(log_dir: Path) -> Iterator[Network]:
 
 
 def ask(net: Network, profile: Profile | str) -> tuple[int, str | None]:
-    """A CPM MESSAGE to `profile` (or a URI): its status and Retry-After."""
+    """A CPM MESSAGE to `profile` (or a URI): its status and Retry-After, once the proxy has
+    logged (and counted) its decision, which a worker does after answering."""
     ruri = profile if isinstance(profile, str) else profile.registration_aor
     with Peer() as caller:
-        answer = caller.ask(
-            caller.request("MESSAGE", ruri, headers=CPM_PAGER), net.kamailio.address
-        )
+        request = caller.request("MESSAGE", ruri, headers=CPM_PAGER)
+        answer = caller.ask(request, net.kamailio.address)
+    net.kamailio.decision_lines(request.header("Call-ID") or "")
     return answer.status, answer.header("Retry-After")
 
 

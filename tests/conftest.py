@@ -202,6 +202,15 @@ class Kamailio:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_lines(self) -> list[str]:
+        """The log's complete lines: the last one may be read while Kamailio is writing it."""
+        return self._complete_log().split("\n")[:-1]
+
+    def _complete_log(self) -> str:
+        """The log up to its last line feed."""
+        log = self.log()
+        return log[: log.rfind("\n") + 1]
+
     # How long the log is waited for: a worker writes its decision line after relaying or
     # answering, and on a loaded machine it may wait for a CPU a while before it does.
     LOG_WAIT = 10.0
@@ -211,17 +220,15 @@ class Kamailio:
         LOG_WAIT s)."""
         deadline = time.monotonic() + self.LOG_WAIT
         while True:
-            lines = [
-                line for line in self.log().splitlines() if f"cpmiw: call-id={call_id} " in line
-            ]
+            lines = [line for line in self.log_lines() if f"cpmiw: call-id={call_id} " in line]
             if len(lines) >= count or time.monotonic() > deadline:
                 return lines
             time.sleep(0.02)
 
     def wait_for_log(self, text: str) -> str:
-        """The log, once `text` appears in it (or after LOG_WAIT s)."""
+        """The log's complete lines, once `text` appears in them (or after LOG_WAIT s)."""
         deadline = time.monotonic() + self.LOG_WAIT
-        while text not in (log := self.log()) and time.monotonic() < deadline:
+        while text not in (log := self._complete_log()) and time.monotonic() < deadline:
             time.sleep(0.02)
         return log
 
@@ -237,7 +244,7 @@ class Kamailio:
         routed: dict[str, str] = {}
 
         def logged() -> bool:
-            for line in self.log().splitlines():
+            for line in self.log_lines():
                 match = _ROUTED_BY.match(line)
                 if match and match[2] in call_ids:
                     routed[match[2]] = match[1]

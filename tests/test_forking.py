@@ -75,6 +75,24 @@ def trio(net: Network) -> Iterator[Devices]:
         yield Devices(profile, phone, tablet, sms_phone)
 
 
+@dataclass
+class Staged:
+    profile: Profile
+    phone: Peer  # q=1.0: tried first
+    tablet: Peer  # q=0.5
+
+
+@pytest.fixture
+def staged(net: Network) -> Iterator[Staged]:
+    """A CPM+IM subscriber with a CPM phone (q=1.0) and an IM tablet registered with q=0.5."""
+    profile = subscriber(net, "cpm,im")
+    with (
+        device(net, profile, tags=f"{IM_TAGS};q=0.5") as tablet,
+        device(net, profile, tags=CPM_TAGS) as phone,
+    ):
+        yield Staged(profile, phone, tablet)
+
+
 def _rules(net: Network, msg: SipMessage, count: int = 1) -> list[str]:
     lines = net.kamailio.decision_lines(msg.header("Call-ID") or "", count)
     return [line.split(" rule=")[1].split()[0] for line in lines]
@@ -118,28 +136,20 @@ def test_reject_contact_leaves_the_devices_it_names_out(net: Network, trio: Devi
     trio.sms_phone.expect_nothing(0.1)
 
 
-def test_no_fork_reaches_one_device(net: Network) -> None:
-    profile = subscriber(net, "cpm,im")
-    with (
-        Peer() as caller,
-        device(net, profile, tags=f"{IM_TAGS};q=0.5") as tablet,
-        device(net, profile, tags=CPM_TAGS) as phone,
-    ):
-        sent = cpm_message(caller, profile.registration_aor)
+def test_no_fork_reaches_one_device(net: Network, staged: Staged) -> None:
+    phone, tablet = staged.phone, staged.tablet
+    with Peer() as caller:
+        sent = cpm_message(caller, staged.profile.registration_aor)
         caller.send(sent.with_header("Request-Disposition", "no-fork"), net.kamailio.address)
         phone.reply(phone.recv_request("MESSAGE"), 200, "OK")  # q=1.0: the best
         assert caller.recv_response().status == 200
         tablet.expect_nothing(0.2)
 
 
-def test_q_values_fork_serially(net: Network) -> None:
-    profile = subscriber(net, "cpm,im")
-    with (
-        Peer() as caller,
-        device(net, profile, tags=f"{IM_TAGS};q=0.5") as tablet,
-        device(net, profile, tags=CPM_TAGS) as phone,
-    ):
-        sent = cpm_message(caller, profile.registration_aor)
+def test_q_values_fork_serially(net: Network, staged: Staged) -> None:
+    phone, tablet = staged.phone, staged.tablet
+    with Peer() as caller:
+        sent = cpm_message(caller, staged.profile.registration_aor)
         caller.send(sent, net.kamailio.address)
         at_phone = phone.recv_request("MESSAGE")
         tablet.expect_nothing(0.2)  # the next stage waits for the first

@@ -24,6 +24,7 @@ from conftest import RedisServer, make_guard
 from cpmiw.core.conversation import CONVERSATION_ID, IN_REPLY_TO, Conversation, fresh
 from cpmiw.ops.cli import main
 from cpmiw.store.conversations import ConversationStore
+from cpmiw.store.guard import Script
 from cpmiw.store.markers import CLOCK_SKEW, HonouredMarkers
 from cpmiw.store.profiles import (
     READY_KEYS,
@@ -191,6 +192,18 @@ def test_cluster_spreads_subscribers_and_reads_each_from_its_shard(cluster: Clus
         assert reader.lookup(profile.subscriber) == profile
         assert store.lookup(f"tel:+1555800{profiles.index(profile):04d}") == profile
     assert reader.lookup("tel:+15558999999") is None
+
+
+def test_a_worker_loads_the_scripts_on_every_master_before_its_first_request(
+    cluster: Cluster,
+) -> None:
+    for master in cluster.masters():
+        master.client().script_flush()
+    make_guard(connect(cluster.url, timeout=0.5)).warm()
+    shas = [script.sha for script in Script.made]
+    assert shas and len(cluster.masters()) == 3
+    for master in cluster.masters():
+        assert master.client().script_exists(*shas) == [True] * len(shas)
 
 
 def test_cluster_change_stream_tells_of_each_write(cluster: Cluster) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ManualClock
 from cpmiw import metrics
-from cpmiw.store.guard import Guard
+from cpmiw.store import profiles  # noqa: F401  (its scripts, which warm() loads)
+from cpmiw.store.guard import Guard, Script
 from cpmiw.store.redis import StoreError
 
 BACKOFF = 0.5
@@ -27,6 +28,7 @@ class FakeShards:
         self.down: set[str] = set()
         self.asked: list[str] = []
         self.promote: dict[str, str] = {}
+        self.sent: list[tuple[str, tuple[str | int, ...]]] = []  # execute_at(): shard, command
 
     def execute(
         self,
@@ -42,6 +44,13 @@ class FakeShards:
         if shard in self.down:
             raise StoreError(f"redis: {shard} refused")
         return f"{args[0]} from {shard}"
+
+    def execute_at(self, shard: str, *args: str | int, deadline: float | None = None) -> Any:
+        self.asked.append(shard)
+        if shard in self.down:
+            raise StoreError(f"redis: {shard} refused")
+        self.sent.append((shard, args))
+        return "OK"
 
     def shard(self, key: str) -> str:
         return self.owners[key.partition(":")[0]]
@@ -124,3 +133,16 @@ def test_after_a_failover_the_new_master_closes_the_old_ones_breaker(gauge: list
     assert not guard.open and gauge == ["failed", "failed", "closed"]
     assert guard.execute("a:1", "GET") == "GET from A2"
     assert shards.asked[-2:] == ["B2", "A2"]
+
+
+def test_warming_loads_every_script_on_every_shard_but_a_dead_one() -> None:
+    """Each Cluster master keeps scripts of its own; a dead one costs one try at start."""
+    shards = FakeShards()
+    shards.owners.update({"c": "C", "": "A"})  # "": the key of warm()'s first call, a PING
+    shards.down.add("B")
+    Guard(shards, timeout=0.05, slow=0.01, backoff=BACKOFF).warm()
+    assert Script.made
+    assert set(shards.sent) == {
+        (shard, ("SCRIPT", "LOAD", script.source)) for shard in "AC" for script in Script.made
+    }
+    assert shards.asked.count("B") == 1

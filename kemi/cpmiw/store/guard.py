@@ -60,6 +60,9 @@ class Shards(Protocol):
     ) -> Any:
         """Sends a command about `key`; ResponseError, StoreError, LateError."""
 
+    def execute_at(self, shard: str, *args: str | int, deadline: float | None = None) -> Any:
+        """Sends a command about no key to `shard`; ResponseError, StoreError."""
+
     def shard(self, key: str) -> str:
         """The shard a command about `key` goes to now, without asking Redis."""
 
@@ -118,13 +121,20 @@ class Guard:
             self._deadline = None
 
     def warm(self) -> None:
-        """Connects and loads the scripts before the first request, which would otherwise pay
-        for a process's first connection (~20 ms of imports, then the handshake) and two more
-        round trips per script; a failure is left to that request to meet."""
+        """Connects and loads the scripts on every shard before the first request, which would
+        otherwise pay for a process's first connection (~20 ms of imports, then the handshake)
+        and two more round trips per script: each Cluster master keeps scripts of its own. The
+        first call makes the Cluster's slot map, which names the shards; a shard that fails is
+        left to the first request there to meet."""
         with contextlib.suppress(StoreError, redis.ResponseError):
-            for script in Script.made:
-                deadline = time.monotonic() + self._timeout
-                self._connections.execute("", "SCRIPT", "LOAD", script.source, deadline=deadline)
+            self._connections.execute("", "PING", deadline=time.monotonic() + self._timeout)
+        for shard in sorted(self._connections.shards()):
+            with contextlib.suppress(StoreError, redis.ResponseError):
+                for script in Script.made:
+                    deadline = time.monotonic() + self._timeout
+                    self._connections.execute_at(
+                        shard, "SCRIPT", "LOAD", script.source, deadline=deadline
+                    )
 
     @property
     def open(self) -> bool:

@@ -410,6 +410,10 @@ class Connections:
         except MovedError as again:
             raise StoreError(f"redis: {again}") from again
 
+    def execute_at(self, shard: str, *args: str | int, deadline: float | None = None) -> Any:
+        """Sends a command about no key (SCRIPT LOAD) to `shard`, one of shards()."""
+        return self._send(shard, args, deadline, None)
+
     def shard(self, key: str) -> str:
         """The shard a command about `key` goes to by the map as it is, without asking Redis:
         "" for one server or Sentinel, and for a Cluster whose map is not known yet."""

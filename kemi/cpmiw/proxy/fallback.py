@@ -20,19 +20,19 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from typing import Protocol
 
 import KSR  # provided by app_python3 inside Kamailio
 
 from .. import metrics
 from ..core.branches import decode
 from ..core.decision import Action, Decision
-from ..core.routing import SMS_FALLBACK
+from ..core.routing import SMS_FALLBACK, Request
 from ..core.services import Family, Service
 from ..settings import Settings
 from . import fork
 from .conversations import Conversations
 from .facts import read_request
-from .handoff import HandOff
 from .ksr import pv
 from .log import record
 
@@ -73,8 +73,15 @@ def replied() -> None:
         KSR.pv.seti(REFUSED, status)
 
 
+class Route(Protocol):
+    """How a request reaches an application server (proxy/handoff.py HandOff): narrowed here,
+    because the hand-off's own fallback delivers to devices, which arm this module."""
+
+    def route(self, request: Request, as_uri: str) -> None: ...
+
+
 class Fallback:
-    def __init__(self, settings: Settings, handoff: HandOff, conversations: Conversations) -> None:
+    def __init__(self, settings: Settings, handoff: Route, conversations: Conversations) -> None:
         self._settings = settings
         self._handoff = handoff
         self._conversations = conversations

@@ -54,7 +54,8 @@ from bench.lab import (
     usage,
 )
 from cpmiw.ops.rpc import KamailioRpc
-from cpmiw.store.profiles import ProfileStore, identity_key
+from cpmiw.store.layout import identity_key
+from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
 from cpmiw.testing.sipnet import Peer
 from cpmiw.testing.topology import start_cluster, start_sentinel

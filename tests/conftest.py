@@ -27,8 +27,10 @@ import redis
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
 from cpmiw.ops.rpc import KamailioRpc
+from cpmiw.store.changes import Changes
 from cpmiw.store.guard import Guard
-from cpmiw.store.profiles import Changes, ProfileStore, Reader
+from cpmiw.store.profiles import ProfileStore
+from cpmiw.store.reader import Reader
 from cpmiw.store.redis import Client, Connections, connect
 from cpmiw.testing import free_port, wait_until
 from cpmiw.testing.sipnet import Peer

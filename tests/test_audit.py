@@ -23,14 +23,8 @@ from click.testing import CliRunner
 from conftest import DOMAIN, RedisServer
 from cpmiw.core.identity import canonical
 from cpmiw.ops.cli import main
-from cpmiw.store.profiles import (
-    HISTORY_KEPT,
-    HISTORY_TTL,
-    PREFIX,
-    history_key,
-    identity_key,
-    identity_of,
-)
+from cpmiw.store.layout import PREFIX, history_key, identity_key, identity_of
+from cpmiw.store.profiles import HISTORY_KEPT, HISTORY_TTL
 
 CPMIW = Path(sys.executable).parent / "cpmiw"
 BOB = f"sip:bob@{DOMAIN}"

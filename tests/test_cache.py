@@ -29,7 +29,9 @@ from conftest import (
 )
 from cpmiw.core.profile import Profile
 from cpmiw.store.cache import CachedProfiles
-from cpmiw.store.profiles import BULK, CHANGES, ProfileStore, Stamp
+from cpmiw.store.changes import BULK, Stamp
+from cpmiw.store.layout import CHANGES
+from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import StoreError, connect
 from cpmiw.testing import make_profile
 from cpmiw.testing.sipnet import Peer

@@ -31,7 +31,7 @@ from conftest import DOMAIN, Network, RedisServer
 from cpmiw.core import profile as profile_model
 from cpmiw.core.message import SipMessage
 from cpmiw.ops.cli import main
-from cpmiw.store.profiles import PREFIX, identity_key
+from cpmiw.store.layout import PREFIX, identity_key
 from cpmiw.store.redis import text
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.sipnet import Peer

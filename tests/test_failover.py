@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from conftest import CPM_PAGER, TRUSTED_REGISTRAR, Kamailio, _stop, start_kamailio
 from cpmiw.core.profile import Profile
 from cpmiw.ops.cli import main
-from cpmiw.store.profiles import identity_key
+from cpmiw.store.layout import identity_key
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.load import Devices, Load, Outcome, by_status, full_service_after
 from cpmiw.testing.sipnet import Peer

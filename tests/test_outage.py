@@ -31,7 +31,8 @@ from conftest import (
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
 from cpmiw.store.cache import CachedProfiles
-from cpmiw.store.profiles import EPOCH, ProfileStore
+from cpmiw.store.layout import EPOCH
+from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import StoreError, connect
 from cpmiw.testing import make_profile, wait_until
 from cpmiw.testing.sipnet import Peer

@@ -23,17 +23,13 @@ from redis.crc import key_slot
 from conftest import RedisServer, make_guard
 from cpmiw.core.conversation import CONVERSATION_ID, IN_REPLY_TO, Conversation, fresh
 from cpmiw.ops.cli import main
+from cpmiw.store.changes import Stamp
 from cpmiw.store.conversations import ConversationStore
 from cpmiw.store.guard import Script
+from cpmiw.store.layout import READY_KEYS, identity_key, ready_key
 from cpmiw.store.markers import CLOCK_SKEW, HonouredMarkers
-from cpmiw.store.profiles import (
-    READY_KEYS,
-    ProfileStore,
-    Reader,
-    Stamp,
-    identity_key,
-    ready_key,
-)
+from cpmiw.store.profiles import ProfileStore
+from cpmiw.store.reader import Reader
 from cpmiw.store.redis import (
     Client,
     Connections,

@@ -13,7 +13,7 @@ import pytest
 from conftest import DOMAIN, Network
 from cpmiw.core.message import SipMessage
 from cpmiw.core.profile import Profile
-from cpmiw.store.profiles import identity_key
+from cpmiw.store.layout import identity_key
 from cpmiw.testing import ICSI, SDP
 from cpmiw.testing.sipnet import Dialog, Peer, StatelessProxy
 from sipflows import (

@@ -24,7 +24,8 @@ from cpmiw.core import profile as profile_model
 from cpmiw.core.profile import Profile
 from cpmiw.core.routing import NotReadyError
 from cpmiw.ops.cli import main
-from cpmiw.store.profiles import ProfileStore, identity_key
+from cpmiw.store.layout import identity_key
+from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
 from cpmiw.testing import make_profile
 from cpmiw.testing.sipnet import Peer

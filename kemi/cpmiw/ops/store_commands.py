@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import click
 
-from ..store.profiles import BUCKETS
+from ..store.layout import BUCKETS
 from .options import Context, Group, pass_context
 
 

@@ -11,7 +11,7 @@ import traceback
 
 import KSR  # provided by app_python3 inside Kamailio
 
-from ..store.profiles import ChangeSignal
+from ..store.changes import ChangeSignal
 from ..store.redis import StoreError
 from .facts import PUBLISHED_CHANGES
 

@@ -28,7 +28,7 @@ needs Redis 7.4 for it, Debian 12 ships 7.0.
   StoreError at once (the caller's fail policy applies); a stream read that failed is tried
   again with the next look-up after the breaker's backoff (only the breaker of the stream's own
   shard holds it back: on Cluster, another shard's failover does not stop the invalidation).
-- A store that is empty or was wiped (no epoch, store/profiles.py) is not a store where nobody
+- A store that is empty or was wiped (no epoch, store/changes.py) is not a store where nobody
   exists: its look-ups raise NotReadyError, never cached, and what the cache holds stays until
   the data is back (a write sets a new epoch, and everything is forgotten then).
 """

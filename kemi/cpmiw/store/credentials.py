@@ -11,7 +11,7 @@ shard (shared with the profile look-ups) so that the next ones are answered 503 
 cache: a REGISTER is rare beside a MESSAGE, and a rotated or removed credential must count at
 the next REGISTER.
 
-A credential missing from a bucket without its readiness marker (store/profiles.py: a Redis
+A credential missing from a bucket without its readiness marker (store/layout.py: a Redis
 restarted empty, a shard lost) is a store not ready (StoreError), never a subscriber without a
 password: the device is told to come back, not that its password is wrong.
 
@@ -30,7 +30,7 @@ from redis.cluster import RedisCluster
 from ..core import credential as model
 from ..core.credential import Credential, CredentialError
 from .guard import Guard
-from .profiles import CHUNK, PREFIX, bucket, ready_key
+from .layout import CHUNK, PREFIX, bucket, ready_key
 from .redis import FAILURES, Client, DataError, StoreError, is_cluster, text
 
 _KIND = ":credential:"

@@ -1,25 +1,7 @@
-"""The profile store: terminating service profiles in Redis.
+"""The profile store: terminating service profiles in Redis, written and read whole.
 
-Key layout (format 2, see README):
-
-    cpmiw:2:{<bucket>}:id:<identity>   the subscriber's whole profile (JSON), one copy under
-                                       each of its canonical identities (its own included)
-    cpmiw:2:{<bucket>}:ready           set when the store was written complete
-    cpmiw:2:{changes}                  stream of changes, one entry per write: the identities
-    cpmiw:2:{changes}:epoch            random token set by the first write into an empty store
-    cpmiw:2:{<bucket>}:history:<subscriber>  the subscriber's last changes (who, when, why),
-                                       newest first: HISTORY_KEPT entries, gone HISTORY_TTL
-                                       after a delete (the bucket: the subscriber's own)
-
-Why a copy under each identity: a look-up by any alias is one read of one key, so on Redis
-Cluster it goes to one shard, and a reader can never see half a subscriber (a profile without
-its alias, or an alias to a profile not written yet): each key holds a whole profile, the old or
-the new one. Why buckets: an identity's bucket (CRC-32 of it, one of 4096) is the hash tag of its
-key, so its readiness marker lives in the same slot and a look-up checks both in one script, on
-Cluster too: a shard lost and emptied has lost its buckets' markers, and its subscribers read as
-"store not ready", never as "no such user". 4096 buckets spread over the 16384 slots spread the
-subscribers evenly over any number of shards up to a few dozen. The change stream and its epoch
-share a tag (`{changes}`), so that the stream script reads both on one shard.
+Where each thing lives: store/layout.py. How the workers learn of a write: store/changes.py. A
+worker's look-up: store/reader.py.
 
 Writes: on one server (or Sentinel's master) one MULTI/EXEC writes every copy, drops the copies
 of identities a subscriber lost, records the change in each subscriber's history and appends the
@@ -35,12 +17,6 @@ and the change entry is appended after the data, so that a worker told of a chan
 that is there already. The writer
 then waits for a replica to acknowledge (WAIT), so that a failover right after a write loses
 nothing the tool reported written.
-
-The change stream is how the per-worker caches (cache.py) learn what to forget, since Redis 7.0
-has no client-side caching for redis-py. Kamailio's change watcher waits on the stream
-(`ChangeSignal`, on a connection of its own) and publishes its stamp; workers read the stream
-only when it moved. An epoch that differs from the one a worker knows means the data set was
-replaced (a Redis restarted empty, a FLUSHALL): it forgets everything.
 """
 
 from __future__ import annotations
@@ -49,10 +25,8 @@ import functools
 import getpass
 import json
 import os
-import secrets
 import socket
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -63,27 +37,28 @@ from redis.cluster import RedisCluster
 
 from ..core import profile as profile_model
 from ..core.profile import Profile, ProfileError
-from ..core.routing import NotReadyError
+from .changes import RECORD, SINCE, Changes, ChangeSignal, entry, parse
 from .guard import Guard, Script
+from .layout import (
+    CHANGES,
+    CHUNK,
+    EPOCH,
+    PREFIX,
+    READY_KEYS,
+    history_key,
+    identity_key,
+    identity_of,
+    ready_key,
+)
+from .reader import LOOKUP, Reader, profile_of
 from .redis import (
     FAILURES,
     Client,
-    Connections,
-    DataError,
     StoreError,
     is_cluster,
-    socket_timeout,
     text,
 )
 
-PREFIX = "cpmiw:2:"
-BUCKETS = 4096  # hash tags of the identity keys (a fixed part of the layout)
-CHANGES = PREFIX + "{changes}"
-EPOCH = CHANGES + ":epoch"
-EVERYTHING = "*"  # a change entry that invalidates every cached identity (bulk writes)
-BULK = 256  # a write touching more identities than this invalidates everything
-CHANGES_KEPT = 10_000  # approximate length of the change stream
-CHUNK = 10_000  # keys per MGET or SCAN step: one round trip each, replies of bounded size
 REPLICA_WAIT_MS = 1000  # how long a write waits for a replica's acknowledgement
 HISTORY_KEPT = 20  # changes kept per subscriber, newest first
 HISTORY_TTL = 400 * 86400  # s a deleted subscriber's history is kept
@@ -91,74 +66,11 @@ WRITE_ATTEMPTS = 20  # tries of a write whose watched keys other writers keep ch
 WATCH_MOST = 1024  # a write of more keys watches the change stream alone
 
 
-def bucket(identity: str) -> str:
-    """The bucket of a canonical identity: the hash tag of its key, 3 hex digits."""
-    return f"{zlib.crc32(identity.encode('utf-8', 'surrogateescape')) % BUCKETS:03x}"
-
-
-def identity_key(identity: str) -> str:
-    """The key holding the profile of the subscriber owning a canonical identity."""
-    return f"{PREFIX}{{{bucket(identity)}}}:id:{identity}"
-
-
-def history_key(subscriber: str) -> str:
-    """The key of a subscriber's history, in its own bucket."""
-    return f"{PREFIX}{{{bucket(subscriber)}}}:history:{subscriber}"
-
-
-def ready_key(key: str) -> str:
-    """The readiness marker in the same slot as an identity key (same bucket)."""
-    return key[: key.index("}") + 1] + ":ready"
-
-
-def identity_of(key: str) -> str:
-    """The identity an identity key holds the profile of."""
-    return key[key.index("}:id:") + len("}:id:") :]
-
-
-READY_KEYS = tuple(f"{PREFIX}{{{number:03x}}}:ready" for number in range(BUCKETS))
-
 # Sets every readiness marker (KEYS) that is not set: the store is complete.
 _MARK_READY = """
 for _, key in ipairs(KEYS) do redis.call('SET', key, '1', 'NX') end
 return #KEYS
 """
-
-# Appends one change entry (ARGV[3...]: field, value pairs) after setting the epoch if unset.
-_RECORD_CHANGE = """
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-"""
-
-# A look-up, in one round trip on one shard: is the identity's bucket ready (its marker set: a
-# Redis restarted empty, wiped or a lost shard has none), then its key, checked for its type, so
-# that a bad key is told from a missing one. Replies: {'found', profile}, {'none'},
-# {'not-ready'}, {'wrong-type', type}.
-_LOOKUP = Script(
-    """
-if redis.call('EXISTS', KEYS[2]) == 0 then return {'not-ready'} end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then return {'none'} end
-if kind ~= 'string' then return {'wrong-type', kind} end
-return {'found', redis.call('GET', KEYS[1])}
-""",
-    read_only=True,
-)
-
-# One round trip per stream read. Returns the epoch, the stream's first and last entry ids, and
-# the entries after the cursor (at most ARGV[2]); no entries when the cursor is the last.
-_CHANGES_SINCE = Script(
-    """
-local epoch = redis.call('GET', KEYS[2]) or ''
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-local last_id = last and last[1] or '0-0'
-if ARGV[1] == '' or ARGV[1] == last_id then return {epoch, last_id, last_id, {}} end
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-return {epoch, first and first[1] or '0-0', last_id, entries}
-""",
-    read_only=True,
-)
 
 
 # KEYS: history lists; ARGV: entries kept, the TTL (0: none, the subscriber lives), the entries.
@@ -304,25 +216,11 @@ def _update(audit: Audit, old: bytes, new: Profile, at: float) -> bytes:
     return audit.entry("update", fields, at)
 
 
-@dataclass(frozen=True)
-class Changes:
-    """What changed since a cursor: `identities` None means everything may have changed."""
-
-    epoch: str
-    cursor: str  # the id of the last change entry seen; pass it to the next poll
-    identities: frozenset[str] | None
-
-
-def _stream_id(text: str) -> tuple[int, int]:
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
 class ProfileStore:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._cluster = is_cluster(client)
-        self._record_change = client.register_script(_RECORD_CHANGE)
+        self._record_change = client.register_script(RECORD)
         self._mark_ready = client.register_script(_MARK_READY)
 
     def lookup(self, identity: str) -> Profile | None:
@@ -335,14 +233,14 @@ class ProfileStore:
         """
         key = identity_key(identity)
         try:
-            reply = self._read_only(_LOOKUP, [key, ready_key(key)])
+            reply = self._read_only(LOOKUP, [key, ready_key(key)])
         except redis.ResponseError as error:
             if str(error).startswith("WRONGTYPE"):  # changed type while the script ran
                 raise ProfileError(f"redis: {error}") from None
             raise StoreError(f"redis: {error}") from error
         except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
-        return _found(identity, reply)
+        return profile_of(identity, reply)
 
     def _read_only(self, script: Script, keys: list[str], args: Sequence[str | int] = ()) -> Any:
         """Runs a read-only script as EVALSHA_RO, loading it first when Redis forgot it."""
@@ -463,9 +361,7 @@ class ProfileStore:
                     tx.eval(
                         _HISTORY, len(history), *history, HISTORY_KEPT, ttl, *plan.history.values()
                     )
-                    self._record_change(
-                        keys=[CHANGES, EPOCH], args=_change_entry(plan.touched), client=tx
-                    )
+                    self._record_change(keys=[CHANGES, EPOCH], args=entry(plan.touched), client=tx)
                     tx.execute()
                 except redis.WatchError:
                     continue
@@ -493,7 +389,7 @@ class ProfileStore:
                     tx.mset(copies)
                 if ready:
                     self._mark_ready(keys=READY_KEYS, client=tx)
-                self._record_change(keys=[CHANGES, EPOCH], args=_change_entry(touched), client=tx)
+                self._record_change(keys=[CHANGES, EPOCH], args=entry(touched), client=tx)
                 tx.execute()
         self._await_replica()
 
@@ -529,7 +425,7 @@ class ProfileStore:
                     batch.set(key, "1", nx=True)
                 batch.execute()
         finally:
-            self._record_change(keys=[CHANGES, EPOCH], args=_change_entry(touched))
+            self._record_change(keys=[CHANGES, EPOCH], args=entry(touched))
 
     def _await_replica(self) -> None:
         """Waits until a replica of each master written to has the write, when it has one."""
@@ -557,14 +453,14 @@ class ProfileStore:
         entries are pending, or when an entry says so (a bulk write). Raises StoreError.
         """
         try:
-            reply = self._read_only(_CHANGES_SINCE, [CHANGES, EPOCH], [cursor or "", limit])
+            reply = self._read_only(SINCE, [CHANGES, EPOCH], [cursor or "", limit])
         except FAILURES as error:
             raise StoreError(f"redis: {error}") from error
-        return _changes(cursor, reply)
+        return parse(cursor, reply)
 
     def signal(self, wait: float) -> ChangeSignal:
         """The change watcher's reader of the stamp; `wait`: the longest a wait() blocks (s)."""
-        return ChangeSignal(self, self._client, wait)
+        return ChangeSignal(self.changes, self._client, wait)
 
     def reader(self, guard: Guard) -> Reader:
         """Look-ups through a worker's guard, on its own connections: half the client's CPU."""
@@ -587,109 +483,6 @@ def _read(tx: Any, keys: Sequence[str]) -> list[bytes | None]:
 
 def _raw(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-def _change_entry(identities: set[str] | frozenset[str]) -> list[str | int]:
-    """The arguments of _RECORD_CHANGE: a new epoch, the stream's length, the fields (each
-    identity a field name; a bulk write, or one that names none, is one field: EVERYTHING)."""
-    fields = sorted(identities) if 0 < len(identities) <= BULK else [EVERYTHING]
-    return [secrets.token_hex(8), CHANGES_KEPT, *(item for f in fields for item in (f, ""))]
-
-
-class Reader:
-    """A worker's profile look-ups (ProfileStore.reader()): one guarded round trip each."""
-
-    def __init__(self, guard: Guard) -> None:
-        self._guard = guard
-
-    def lookup(self, identity: str) -> Profile | None:
-        """As ProfileStore.lookup, within the worker's time budget and breaker."""
-        key = identity_key(identity)
-        try:
-            reply = self._guard.script(_LOOKUP, [key, ready_key(key)])
-        except DataError as error:  # the key changed type while the script ran
-            raise ProfileError(str(error)) from None
-        return _found(identity, reply)
-
-    def changes(self, cursor: str | None, limit: int = 1000) -> Changes:
-        """As ProfileStore.changes, within the worker's time budget and breaker."""
-        reply = self._guard.script(_CHANGES_SINCE, [CHANGES, EPOCH], [cursor or "", limit])
-        return _changes(cursor, reply)
-
-
-def _found(identity: str, reply: list[bytes]) -> Profile | None:
-    """The look-up script's reply, read (see ProfileStore.lookup)."""
-    status = reply[0]
-    if status == b"found":
-        found = profile_model.decode(reply[1])
-        if identity not in found.aliases:
-            raise ProfileError(f"the profile stored under it is {found.subscriber}'s, without it")
-        return found
-    if status == b"none":
-        return None
-    if status == b"not-ready":
-        raise NotReadyError("profile store not ready: empty or wiped (no readiness marker)")
-    raise ProfileError(f"its key holds a {text(reply[1])}, not a profile")
-
-
-def _changes(cursor: str | None, reply: list[Any]) -> Changes:
-    """The changes script's reply, read (see ProfileStore.changes)."""
-    epoch, first, last, entries = reply
-    epoch, last = text(epoch), text(last)
-    if cursor is None or cursor == last:
-        return Changes(epoch, last, frozenset())
-    ids = [text(entry_id) for entry_id, _ in entries]
-    # An entry after the cursor trimmed away, or the stream deleted: anything may be lost.
-    trimmed = cursor != "0-0" and _stream_id(text(first)) > _stream_id(cursor)
-    behind = trimmed or last == "0-0"
-    if behind or not ids or ids[-1] != last:
-        return Changes(epoch, last, None)  # trimmed, deleted, or too far behind
-    touched = {text(f) for _, fields in entries for f in fields[::2]}
-    return Changes(epoch, last, None if EVERYTHING in touched else frozenset(touched))
-
-
-class ChangeSignal:
-    """Has anything changed? Read by Kamailio's change watcher.
-
-    The stamp is the epoch and the id of the change stream's last entry (`ProfileStore.changes`
-    from no cursor): every write appends an entry, and a wiped Redis has a new epoch (or none).
-    `wait()` blocks on the stream (XREAD BLOCK, on a connection of its own) until an entry comes
-    after a stamp, so the watcher wakes at a write instead of polling.
-    """
-
-    # Redis answers a wait that ran out on its next timer tick (10 a second by default), or later
-    # when busy: how much longer than the wait a blocked read may take before it counts as dead.
-    LATE = 1.0
-
-    def __init__(self, store: ProfileStore, client: Client, wait: float) -> None:
-        self._store = store
-        self._wait_ms = round(wait * 1000)
-        read_timeout = wait + self.LATE + socket_timeout(client)
-        self._connections = Connections(client, socket_timeout=read_timeout)
-
-    def stamp(self) -> Stamp:
-        """The stamp as Redis has it now; StoreError when it cannot say."""
-        now = self._store.changes(None)
-        return Stamp(now.epoch, now.cursor)
-
-    def wait(self, stamp: Stamp) -> bool:
-        """Until the stream moves past `stamp` (True) or the wait is over (False); StoreError."""
-        try:
-            read = self._connections.execute(
-                CHANGES, "XREAD", "COUNT", 1, "BLOCK", self._wait_ms, "STREAMS", CHANGES, stamp.last
-            )
-            return read is not None
-        except redis.ResponseError as error:  # a key of another type: tampered with by hand
-            raise StoreError(f"redis: {error}") from error
-
-
-@dataclass(frozen=True)
-class Stamp:
-    epoch: str
-    last: str  # the id of the change stream's last entry ("0-0": none)
-
-    def __str__(self) -> str:
-        return f"{self.epoch}/{self.last}"
 
 
 def _aliases_of(raw: bytes | str) -> frozenset[str]:

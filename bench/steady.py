@@ -6,15 +6,20 @@ one registered device, Zipf-drawn recipients, warm); then pager MESSAGEs at `--r
 `--minutes`. Every `--window` seconds it reads the CPU of every Kamailio process
 (`/proc/<pid>/schedstat`) and the requests the proxy routed (the metrics' `cpmiw_requests_total`),
 and prints each window's Kamailio CPU per MESSAGE with its deviation from the median; the
-target is every window within 15 %.
+target is every window within 15 %. So that a drift can be told the proxy's or the machine's,
+each window also shows the two busiest processes' part (the UDP workers) and the rest, how long
+the workers waited for a CPU, how long any task on the machine did (CPU pressure), and the CPU
+time the hypervisor took (steal).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import urllib.request
+from pathlib import Path
 
 from bench import population
 from bench.lab import UAS_HOST, Lab, Uac, start_product, uas, usage, warm_up
@@ -30,6 +35,17 @@ def routed(metrics_port: int) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("cpmiw_requests_total{")
     )
+
+
+def machine() -> tuple[float, float, float]:
+    """The machine so far, in seconds: how long some task waited for a CPU (the kernel's CPU
+    pressure, /proc/pressure/cpu), how long the hypervisor took the CPUs (steal, /proc/stat),
+    and all CPU time. /proc/stat's busy time is not used: sampled at timer ticks, it misses
+    most of a proxy's short bursts of work."""
+    some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0].rsplit("total=", 1)[1]
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(some) / 1e6, ticks[7] / hz, sum(ticks[:8]) / hz
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,13 +68,29 @@ def main(argv: list[str] | None = None) -> None:
         pids = kamailio.processes()
         windows: list[float] = []
         time.sleep(options.window)  # sipp's start-up aside
-        cpu, count = sum(usage(p).cpu_ns for p in pids), routed(kamailio.metrics_port)
+        cpus = os.cpu_count() or 1
+        before = {p: usage(p) for p in pids}
+        count, host = routed(kamailio.metrics_port), machine()
         while run.process.alive() and len(windows) < seconds / options.window - 2:
             time.sleep(options.window)
-            now_cpu, now_count = sum(usage(p).cpu_ns for p in pids), routed(kamailio.metrics_port)
-            windows.append((now_cpu - cpu) / 1000 / max(now_count - count, 1))
-            cpu, count = now_cpu, now_count
-            print(f"  {len(windows) * options.window:5.0f} s: {windows[-1]:.1f} µs", flush=True)
+            now = {p: usage(p) for p in pids}
+            now_count, now_host = routed(kamailio.metrics_port), machine()
+            routed_now = max(now_count - count, 1)
+            spent = sorted((now[p].cpu_ns - before[p].cpu_ns for p in pids), reverse=True)
+            workers = sorted(pids, key=lambda p: now[p].cpu_ns - before[p].cpu_ns)[-2:]
+            waited = sum(now[p].wait_ns - before[p].wait_ns for p in workers)
+            pressed, stolen, total = (new - old for new, old in zip(now_host, host, strict=True))
+            windows.append(sum(spent) / 1000 / routed_now)
+            print(
+                f"  {len(windows) * options.window:5.0f} s: {windows[-1]:.1f} µs"
+                f" (workers {sum(spent[:2]) / 1000 / routed_now:.1f}, others"
+                f" {sum(spent[2:]) / 1000 / routed_now:.1f}); workers waited for a CPU"
+                f" {waited / 1e9 / (2 * options.window):.0%} of the time; on the machine some"
+                f" task waited {pressed / options.window:.0%} of the time, the hypervisor took"
+                f" {stolen / max(total, 1e-9):.1%} of {cpus} CPUs",
+                flush=True,
+            )
+            before, count, host = now, now_count, now_host
         result = run.wait()
         device_process.stop()
         kamailio.process.stop()

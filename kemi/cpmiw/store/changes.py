@@ -1,7 +1,8 @@
 """The change stream: how every worker learns what a write changed.
 
-The change stream is how the per-worker caches (cache.py) learn what to forget, since Redis 7.0
-has no client-side caching for redis-py. Kamailio's change watcher waits on the stream
+Every write appends an entry naming the identities it touched (`RECORD`, store/profiles.py); the
+per-worker caches (cache.py) read it to learn what to forget, since Redis 7.0 has no client-side
+caching for redis-py. Kamailio's change watcher waits on the stream
 (`ChangeSignal`, on a connection of its own) and publishes its stamp; workers read the stream
 only when it moved. An epoch that differs from the one a worker knows means the data set was
 replaced (a Redis restarted empty, a FLUSHALL): it forgets everything.

@@ -9,7 +9,8 @@ Key layout (format 2, see README):
     cpmiw:2:{changes}:epoch            random token set by the first write into an empty store
     cpmiw:2:{<bucket>}:history:<subscriber>  the subscriber's last changes (who, when, why),
                                        newest first: HISTORY_KEPT entries, gone HISTORY_TTL
-                                       after a delete (the bucket: the subscriber's own)
+                                       after a delete (store/profiles.py; the bucket: the
+                                       subscriber's own)
 
 Why a copy under each identity: a look-up by any alias is one read of one key, so on Redis
 Cluster it goes to one shard, and a reader can never see half a subscriber (a profile without

@@ -14,9 +14,8 @@ of more than WATCH_MOST keys watches the change stream instead, which every writ
 
 On Cluster a transaction cannot span shards: each copy is written by itself (atomic per key),
 and the change entry is appended after the data, so that a worker told of a change reads data
-that is there already. The writer
-then waits for a replica to acknowledge (WAIT), so that a failover right after a write loses
-nothing the tool reported written.
+that is there already. The writer then waits for a replica to acknowledge (WAIT), so that a
+failover right after a write loses nothing the tool reported written.
 """
 
 from __future__ import annotations

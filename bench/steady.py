@@ -76,15 +76,16 @@ def main(argv: list[str] | None = None) -> None:
             now = {p: usage(p) for p in pids}
             now_count, now_host = routed(kamailio.metrics_port), machine()
             routed_now = max(now_count - count, 1)
-            spent = sorted((now[p].cpu_ns - before[p].cpu_ns for p in pids), reverse=True)
-            workers = sorted(pids, key=lambda p: now[p].cpu_ns - before[p].cpu_ns)[-2:]
+            spent = {p: now[p].cpu_ns - before[p].cpu_ns for p in pids}
+            workers = sorted(pids, key=spent.__getitem__)[-2:]  # the two busiest
+            by_workers = sum(spent[p] for p in workers)
             waited = sum(now[p].wait_ns - before[p].wait_ns for p in workers)
             pressed, stolen, total = (new - old for new, old in zip(now_host, host, strict=True))
-            windows.append(sum(spent) / 1000 / routed_now)
+            windows.append(sum(spent.values()) / 1000 / routed_now)
             print(
                 f"  {len(windows) * options.window:5.0f} s: {windows[-1]:.1f} µs"
-                f" (workers {sum(spent[:2]) / 1000 / routed_now:.1f}, others"
-                f" {sum(spent[2:]) / 1000 / routed_now:.1f}); workers waited for a CPU"
+                f" (workers {by_workers / 1000 / routed_now:.1f}, others"
+                f" {windows[-1] - by_workers / 1000 / routed_now:.1f}); workers waited for a CPU"
                 f" {waited / 1e9 / (2 * options.window):.0%} of the time; on the machine some"
                 f" task waited {pressed / options.window:.0%} of the time, the hypervisor took"
                 f" {stolen / max(total, 1e-9):.1%} of {cpus} CPUs",

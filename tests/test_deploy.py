@@ -20,6 +20,7 @@ import yaml
 from conftest import Network
 from cpmiw.core.decision import Action
 from cpmiw.ops.options import read_env_file
+from cpmiw.ops.rpc import KamailioRpc
 from cpmiw.settings import SettingsError, load_settings
 from cpmiw.store.redis import parse_url
 from cpmiw.testing import make_profile
@@ -366,6 +367,16 @@ def test_kamailio_locks_its_memory(network: Network) -> None:
     locked_kb = int(locked.group(1))
     assert locked_kb >= 64 * 1024  # at least the shared memory the tests give it (CPMIW_SHM_MB)
     assert "failed to lock the memory pages" not in network.kamailio.log()
+
+
+def test_the_registrar_spreads_a_million_registrations_thin(network: Network) -> None:
+    """usrloc's table has 2^16 slots (kamailio.cfg): each look-up walks one slot's chain, and
+    with usrloc's default of 2^10 a million registrations would chain ~1,000 to a slot."""
+    with KamailioRpc(str(network.kamailio.rpc_socket)) as rpc:
+        dump = rpc.call("ul.dump", "brief")
+    assert isinstance(dump, dict)
+    sizes = {entry["Domain"]["Domain"]: entry["Domain"]["Size"] for entry in dump["Domains"]}
+    assert sizes == {"location": 65536}
 
 
 CPM_TAG = ';+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'

@@ -125,6 +125,29 @@ def test_an_untrusted_p_asserted_service_is_removed_on_replay_too(net: Network) 
     )
 
 
+def test_a_service_header_however_written_is_part_of_the_shape(net: Network) -> None:
+    """route[MEMO] reads P-Preferred-Service only where is_present_hf finds one: it must find it
+    whatever the case of its name and the blanks before its colon, or a request with one would
+    be replayed as the same request without."""
+    fay = subscriber(net, "cpm")
+    with Peer() as caller, device(net, fay, tags=CPM) as ue:
+
+        def plain() -> SipMessage:
+            request = cpm_message(caller, fay.registration_aor)
+            return request.without_header("P-Preferred-Service")
+
+        def odd() -> SipMessage:
+            return plain().with_header("p-preferred-service ", CPM_MSG_URN)
+
+        until_replayed(net, caller, ue, plain)
+        first, again = odd(), odd()
+        for request in (first, again):
+            deliver_and_answer(caller, ue, request, net)
+    assert b"p-preferred-service :" in first.to_bytes()
+    assert not replayed(net, first)
+    assert replayed(net, again)
+
+
 def test_a_profile_change_is_routed_by_the_plugin_at_once(net: Network) -> None:
     """Nothing remembered is replayed once the change watcher published the write's stamp (a
     millisecond or two after the write: README, "Live profile changes")."""

@@ -28,7 +28,7 @@ import KSR  # provided by app_python3 inside Kamailio
 # 70 ms at 16,000/s: the watcher may wait for a CPU while the workers are busy).
 RESERVE_SHARE = 16
 RESERVE_LEAST = 16 * 1024  # KB
-# The fastest shared memory can fill, KB/s: 40,000 MESSAGE transactions a second (2.5 times the
+# The fastest shared memory can fill, KB/s: 40,000 MESSAGE transactions a second (1.9 times the
 # proxy's measured maximum), or 64 KB requests over TCP at 4,000/s.
 FILL_RATE = 600 * 1024
 CHECKS = (0.01, 0.1)  # s: the shortest and longest time between two checks

@@ -387,9 +387,16 @@ def udp_receive_drops() -> int:
     return int(values[header.index("RcvbufErrors")])
 
 
-def warm_up(lab: Lab, proxy: tuple[str, int], draws: list[int], scenario: str) -> int:
-    """Sends every distinct recipient of `draws` WARM_UP_PASSES times through `proxy`; how many."""
-    recipients = list(dict.fromkeys(draws)) * WARM_UP_PASSES
+def warm_up(
+    lab: Lab,
+    proxy: tuple[str, int],
+    draws: list[int],
+    scenario: str,
+    passes: int = WARM_UP_PASSES,
+    rate: int = WARM_UP_RATE,
+) -> int:
+    """Sends every distinct recipient of `draws` `passes` times through `proxy`; how many."""
+    recipients = list(dict.fromkeys(draws)) * passes
     path = population.injection_file(lab.dir / "warm-up.csv", recipients)
-    Uac(lab, scenario, proxy, path, WARM_UP_RATE, len(recipients) / WARM_UP_RATE).wait()
+    Uac(lab, scenario, proxy, path, rate, len(recipients) / rate).wait()
     return len(recipients)

@@ -59,11 +59,12 @@ class Scenario:
     uas: str
     method: str
     first_rate: int  # where the ladder starts, calls/s
+    warm_rate: int  # calls/s of its warm-up: every distinct recipient once, before its ladder
 
 
 SCENARIOS = {
-    "message": Scenario("uac-message.xml", "uas-message.xml", "MESSAGE", 3000),
-    "invite": Scenario("uac-invite.xml", "uas-invite.xml", "INVITE", 1000),
+    "message": Scenario("uac-message.xml", "uas-message.xml", "MESSAGE", 3000, 4000),
+    "invite": Scenario("uac-invite.xml", "uas-invite.xml", "INVITE", 1000, 2000),
 }
 # The product first: it sets the common rate. The native configurations run twice: as operators
 # run Kamailio (its defaults), and tuned as the product runs it (allocator, receive buffer).
@@ -254,6 +255,10 @@ def bench_config(
     for name, scenario in SCENARIOS.items():
         print(f"  {config} {name}", flush=True)
         device_process, _ = uas(lab, scenario.uas, *device)
+        # Every recipient meets this scenario's request once before its ladder, as a proxy in
+        # service has met them before: the product remembers a chat set-up's delivery as it
+        # does a MESSAGE's. Same traffic for every configuration.
+        warm_up(lab, kamailio.address, draws, scenario.uac, passes=1, rate=scenario.warm_rate)
         Uac(lab, scenario.uac, kamailio.address, recipients, 1000, 3, tag="warm").wait()
         result = climb(lab, kamailio, scenario, recipients, options.step_seconds)
         rate = common.setdefault(name, max(result.max_rate // 2 // 100 * 100, 100))

@@ -34,6 +34,7 @@ IM_TAG = "+g.oma.sip-im"
 IM = f";{IM_TAG}"  # registered Contact parameters
 CPM = ';+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg"'
 SESSION = "oma.cpm.session"
+CPM_SESSION = ';+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session"'
 
 
 def decision(net: Network, request: SipMessage) -> str:
@@ -109,6 +110,31 @@ def test_a_chat_invitation_rewritten_is_replayed_for_another_senders_device(net:
     assert replayed(net, invite)
     assert "action=rewrite rule=interworking-rewrite" in decision(net, invite)
     assert at_ue.header("Contact") == f"<sip:caller@127.0.0.1:{second.port}>{IM}"
+
+
+def test_a_delivery_named_by_the_contact_alone_is_replayed_for_that_contact_only(
+    net: Network,
+) -> None:
+    """A chat invitation whose service only its Contact names: the outcome holds for this very
+    Contact (route[MEMO]'s third key). The same sender's device gets it replayed; another
+    device of the same sender, the plugin's own decision."""
+    carol = subscriber(net, "cpm")
+
+    def named_by_the_contact(caller: Peer) -> SipMessage:
+        return chat_invite(caller, carol.registration_aor, SESSION).without_header(
+            "Accept-Contact"
+        )
+
+    with device(net, carol, tags=CPM_SESSION) as ue:
+        with Peer() as first:
+            exchanged = until_replayed(net, first, ue, lambda: named_by_the_contact(first))
+        with Peer() as second:
+            other = named_by_the_contact(second)
+            deliver_and_answer(second, ue, other, net)
+    assert not replayed(net, exchanged[0][0])
+    assert "action=deliver" in decision(net, exchanged[-1][0])
+    assert not replayed(net, other)
+    assert "action=deliver" in decision(net, other)
 
 
 def test_an_untrusted_p_asserted_service_is_removed_on_replay_too(net: Network) -> None:

@@ -121,9 +121,7 @@ def test_a_delivery_named_by_the_contact_alone_is_replayed_for_that_contact_only
     carol = subscriber(net, "cpm")
 
     def named_by_the_contact(caller: Peer) -> SipMessage:
-        return chat_invite(caller, carol.registration_aor, SESSION).without_header(
-            "Accept-Contact"
-        )
+        return chat_invite(caller, carol.registration_aor, SESSION).without_header("Accept-Contact")
 
     with device(net, carol, tags=CPM_SESSION) as ue:
         with Peer() as first:

@@ -47,7 +47,6 @@ from bench.lab import (
     Lab,
     Redis,
     Uac,
-    free_port,
     start_product,
     started,
     uas,
@@ -57,6 +56,7 @@ from cpmiw.ops.rpc import KamailioRpc
 from cpmiw.store.layout import identity_key
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
+from cpmiw.testing import free_port
 from cpmiw.testing.sipnet import Peer
 from cpmiw.testing.topology import start_cluster, start_sentinel
 

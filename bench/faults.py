@@ -53,14 +53,13 @@ from bench.lab import (
     Process,
     Redis,
     Uac,
-    free_port,
     start_product,
     uas,
 )
 from bench.outage import AS_TIMEOUT_MS, scrape_metrics
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
-from cpmiw.testing import wait_until
+from cpmiw.testing import free_port, wait_until
 
 FAULT_AT, FAULT_FOR, AFTER = 5.0, 5.0, 5.0  # s into the traffic; how long; measured after
 
@@ -292,7 +291,11 @@ def main(argv: list[str] | None = None) -> None:
         for name in options.faults:
             print(f"{name}", flush=True)
             reports.append(run(rig, FAULTS[name], options.rate, options.sms_rate))
-    report = {"command": "bench/run faults", "options": vars(options), "faults": reports}
+    report: dict[str, object] = {
+        "command": "bench/run faults",
+        "options": vars(options),
+        "faults": reports,
+    }
     (BENCH / "faults.json").write_text(json.dumps(report, indent=1))
     print(markdown(report))
 

@@ -37,7 +37,6 @@ from bench.lab import (
     UAS_HOST,
     Kamailio,
     Lab,
-    free_port,
     start_product,
     uas,
     udp_receive_drops,
@@ -45,6 +44,7 @@ from bench.lab import (
 )
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
+from cpmiw.testing import free_port
 from cpmiw.testing.flood import Flood
 
 SUBSCRIBERS = 1000

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, config in CONFIGS.items():
             device = (UAS_HOST, free_port(UAS_HOST))
             kamailio = started_warm(lab, config, server.port, device, draws, options.profiles)
+            assert server.process is not None
             proxy = [*kamailio.processes(), server.process.pid]
             for name, rate in rates.items():
                 scenario = SCENARIOS[name]

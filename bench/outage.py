@@ -38,7 +38,6 @@ from bench.lab import (
     Redis,
     SippResult,
     Uac,
-    free_port,
     start_product,
     uas,
     usage,
@@ -46,6 +45,7 @@ from bench.lab import (
 from cpmiw.ops.rpc import KamailioRpc, RpcError
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
+from cpmiw.testing import free_port
 
 AS_TIMEOUT_MS = 1000
 

@@ -38,7 +38,6 @@ from bench.lab import (
     Kamailio,
     Lab,
     Uac,
-    free_port,
     start_native,
     start_product,
     uas,
@@ -48,6 +47,7 @@ from bench.lab import (
 from cpmiw.settings import load_settings
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
+from cpmiw.testing import free_port
 
 RESULTS = BENCH / "results"
 SUCCESS = 0.999
@@ -259,7 +259,6 @@ def bench_config(
         # service has met them before: the product remembers a chat set-up's delivery as it
         # does a MESSAGE's. Same traffic for every configuration.
         warm_up(lab, kamailio.address, draws, scenario.uac, passes=1, rate=scenario.warm_rate)
-        Uac(lab, scenario.uac, kamailio.address, recipients, 1000, 3, tag="warm").wait()
         result = climb(lab, kamailio, scenario, recipients, options.step_seconds)
         rate = common.setdefault(name, max(result.max_rate // 2 // 100 * 100, 100))
         window = (1.0, options.step_seconds - 1.0)

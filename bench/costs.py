@@ -72,11 +72,22 @@ def main(argv: list[str] | None = None) -> None:
             for name in names:
                 kamailio, _ = started[name]
                 run = measured_run(
-                    lab, kamailio, scenario, recipients, options.rate, options.seconds, (2.5, 3.5)
+                    lab,
+                    kamailio,
+                    scenario,
+                    recipients,
+                    options.rate,
+                    options.seconds,
+                    (2.5, 3.5),
+                    server.port,
                 )
                 cpu[name].append(run.cpu_us_per_call)
                 success[name].append(run.success)
-                print(f"  round {round_} {name}: {run.cpu_us_per_call:.0f} µs", flush=True)
+                print(
+                    f"  round {round_} {name}: {run.cpu_us_per_call:.0f} µs,"
+                    f" {run.redis_per_call:.2f} Redis commands a call",
+                    flush=True,
+                )
         for kamailio, device_process in started.values():
             device_process.stop()
             kamailio.process.stop()

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                         rate,
                         options.seconds,
                         (1.0, options.seconds - 1.0),
+                        server.port,
                         callers,
                     )
                     results[f"{config} {name} {condition}"] = {

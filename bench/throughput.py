@@ -94,6 +94,9 @@ class Measurement:
     latency: Latency
     cpu_us_per_call: float  # every Kamailio process, per completed call
     workers: list[Worker]
+    # Commands Redis served per completed call: ~1 for b' (its GET), 0 for a', the cache misses
+    # for c. Shows that each configuration did the Redis work it is there to do.
+    redis_per_call: float
 
     @property
     def success(self) -> float:
@@ -115,6 +118,7 @@ def measured_run(
     rate: int,
     seconds: float,
     window: tuple[float, float],
+    redis_port: int,
     callers: int = 1,
 ) -> Measurement:
     """One run at `rate`, with a packet capture over `window` (seconds into the run).
@@ -124,6 +128,7 @@ def measured_run(
     """
     pids = kamailio.processes()
     before = {pid: usage(pid) for pid in pids}
+    served_before = _commands_served(redis_port)
     shares = _shares(rate, callers)
     runs = [
         Uac(lab, scenario.uac, kamailio.address, path, share, seconds, tag=f"-{n}")
@@ -137,6 +142,7 @@ def measured_run(
     took = max(result.seconds for result in results)
     successful = sum(result.successful for result in results)
     after = {pid: usage(pid) for pid in pids}
+    served = _commands_served(redis_port) - served_before
     lat = latency(capture.path, kamailio.port, scenario.method)
     capture.path.unlink()
 
@@ -158,7 +164,14 @@ def measured_run(
     ]
     per_call = sum(cpu(pid) for pid in pids) / 1000 / max(successful, 1)
     calls = sum(run.calls for run in runs)
-    return Measurement(rate, calls, successful, lat, round(per_call, 1), workers)
+    redis_per_call = round(served / max(successful, 1), 2)
+    return Measurement(rate, calls, successful, lat, round(per_call, 1), workers, redis_per_call)
+
+
+def _commands_served(port: int) -> int:
+    """Commands the Redis on `port` has served since it started (its INFO counts this call)."""
+    stats = redis.Redis(port=port, socket_timeout=5.0).info("stats")
+    return int(stats["total_commands_processed"])
 
 
 def _shares(rate: int, callers: int) -> list[int]:
@@ -184,7 +197,12 @@ def _rotated(recipients: Path, callers: int) -> list[Path]:
 
 
 def climb(
-    lab: Lab, kamailio: Kamailio, scenario: Scenario, recipients: Path, seconds: float
+    lab: Lab,
+    kamailio: Kamailio,
+    scenario: Scenario,
+    recipients: Path,
+    seconds: float,
+    redis_port: int,
 ) -> ConfigResult:
     """The highest offered rate that completes >= 99.9 % of its calls, to within 5 %.
 
@@ -196,9 +214,15 @@ def climb(
     ok, failed, rate = 0, 0, scenario.first_rate
     while True:
         for _ in range(2):
-            step = measured_run(lab, kamailio, scenario, recipients, rate, seconds, (2.5, 3.5))
+            step = measured_run(
+                lab, kamailio, scenario, recipients, rate, seconds, (2.5, 3.5), redis_port
+            )
             found.steps.append(step)
-            print(f"    {rate:6d}/s: {step.success:.2%} completed", flush=True)
+            print(
+                f"    {rate:6d}/s: {step.success:.2%} completed,"
+                f" {step.redis_per_call:.2f} Redis commands a call",
+                flush=True,
+            )
             if step.success >= SUCCESS:
                 break
         if step.success >= SUCCESS:
@@ -259,11 +283,11 @@ def bench_config(
         # service has met them before: the product remembers a chat set-up's delivery as it
         # does a MESSAGE's. Same traffic for every configuration.
         warm_up(lab, kamailio.address, draws, scenario.uac, passes=1, rate=scenario.warm_rate)
-        result = climb(lab, kamailio, scenario, recipients, options.step_seconds)
+        result = climb(lab, kamailio, scenario, recipients, options.step_seconds, redis_port)
         rate = common.setdefault(name, max(result.max_rate // 2 // 100 * 100, 100))
         window = (1.0, options.step_seconds - 1.0)
         result.common = measured_run(
-            lab, kamailio, scenario, recipients, rate, options.step_seconds, window
+            lab, kamailio, scenario, recipients, rate, options.step_seconds, window, redis_port
         )
         print(f"    common {rate}/s: {result.common.latency}", flush=True)
         device_process.stop()

@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     if "configs" not in results:  # a run of the memory step alone
         print(f"{source}: no throughput ladders to report")
         return
+    if "product" not in results["configs"]:  # --configs without it: nothing to compare with
+        print(f"{source}: no ladder of the product; the table compares every configuration to it")
+        return
     chart(results, BENCH / "throughput.png")
     shutil.copyfile(source, BENCH / "throughput.json")
     readme = BENCH / "README.md"

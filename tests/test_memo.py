@@ -228,3 +228,22 @@ def test_nothing_is_replayed_with_memo_ttl_zero(unremembering: Network) -> None:
         for request in sent:
             deliver_and_answer(caller, ue, request, net)
     assert [replayed(net, request) for request in sent] == [False, False, False]
+
+
+def test_a_header_longer_than_kamailios_default_buffer_counts_as_written(net: Network) -> None:
+    """A header value longer than Kamailio's default variable buffer (8 KB) read as absent:
+    a request whose Reject-Contact excludes the recipient's only device was delivered by the
+    plugin, and replayed as the same request without it. kamailio.cfg's pv_buffer_size holds
+    any value of a request it routes (MAX_MESSAGE)."""
+    hal = subscriber(net, "cpm")
+    with Peer() as caller, device(net, hal, tags=CPM) as ue:
+        until_replayed(net, caller, ue, lambda: cpm_message(caller, hal.registration_aor))
+        for padding in (9_000, 60_000):
+            rejecting = cpm_message(caller, hal.registration_aor).with_header(
+                "Reject-Contact", f"*{CPM};x={'a' * padding}"
+            )
+            assert len(rejecting.to_bytes()) > padding
+            caller.send(rejecting, net.kamailio.address)
+            assert caller.recv_response().status == 480
+            assert "action=reject rule=no-matching-device" in decision(net, rejecting)
+        ue.expect_nothing(0.2)

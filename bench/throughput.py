@@ -170,8 +170,8 @@ def measured_run(
 
 def _commands_served(port: int) -> int:
     """Commands the Redis on `port` has served since it started (its INFO counts this call)."""
-    stats = redis.Redis(port=port, socket_timeout=5.0).info("stats")
-    return int(stats["total_commands_processed"])
+    with redis.Redis(port=port, socket_timeout=5.0) as client:
+        return int(client.info("stats")["total_commands_processed"])
 
 
 def _shares(rate: int, callers: int) -> list[int]:

@@ -11,8 +11,9 @@ Kamailio's `$stat(free_size)` is refreshed once a second per process and read as
 16,000 MESSAGE/s a second is 230 MB of transactions. This watcher, an rtimer process of its own
 (kamailio.cfg), asks the allocator itself (RPC `core.shmmem`) and publishes whether memory is
 low in `$shv(cpmiw_memory_low)`, which REQINIT reads. It asks again as soon as memory could
-have filled down to the reserve at FILL_RATE, every 10 ms near it, 10 times a second when
-memory is plentiful (a check costs ~150 µs of CPU: 100 a second took 1.7 % of a core).
+have filled down to the reserve at FILL_RATE: every 10 ms near it, once a second when memory is
+plentiful. A check costs ~350 µs of CPU (the RPC and its JSON): at 10 a second, the ceiling
+until 2026-12, they were half of an idle proxy's CPU (3.5 of 7 ms a second, bench/README.md).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ RESERVE_LEAST = 16 * 1024  # KB
 # The fastest shared memory can fill, KB/s: 40,000 MESSAGE transactions a second (1.9 times the
 # proxy's measured maximum), or 64 KB requests over TCP at 4,000/s.
 FILL_RATE = 600 * 1024
-CHECKS = (0.01, 0.1)  # s: the shortest and longest time between two checks
-TURN = 1.0  # s: how long one call watches before it returns to rtimer
+SOONEST = 0.01  # s: the shortest time between two checks
+TURN = 1.0  # s: how long one call watches before it returns to rtimer: the longest between two
 LOW = "$shv(cpmiw_memory_low)"
 FREE_PERCENT = "$shv(cpmiw_memory_free_percent)"  # what the memo reads (proxy/memo.py)
 _ASK = json.dumps({"jsonrpc": "2.0", "method": "core.shmmem", "params": ["k"], "id": 1})
@@ -53,7 +54,7 @@ class MemoryWatcher:
                 KSR.err(f"cpmiw: shared memory not read: {traceback.format_exc()}\n")
                 time.sleep(TURN)
                 return
-            time.sleep(min(max(headroom / FILL_RATE, CHECKS[0]), CHECKS[1], end - now))
+            time.sleep(min(max(headroom / FILL_RATE, SOONEST), end - now))
 
     def _check(self) -> int:
         """Publishes whether shared memory is low, logs each change; the KB above the reserve."""

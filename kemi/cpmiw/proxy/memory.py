@@ -12,8 +12,8 @@ Kamailio's `$stat(free_size)` is refreshed once a second per process and read as
 (kamailio.cfg), asks the allocator itself (RPC `core.shmmem`) and publishes whether memory is
 low in `$shv(cpmiw_memory_low)`, which REQINIT reads. It asks again as soon as memory could
 have filled down to the reserve at FILL_RATE: every 10 ms near it, once a second when memory is
-plentiful. A check costs ~350 µs of CPU (the RPC and its JSON): at 10 a second, the ceiling
-until 2026-12, they were half of an idle proxy's CPU (3.5 of 7 ms a second, bench/README.md).
+plentiful. A check costs ~350 µs of CPU (the RPC and its JSON), so it checks no more often than
+it must: ten checks a second would be half of what an idle proxy spends (bench/README.md).
 """
 
 from __future__ import annotations

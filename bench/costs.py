@@ -12,8 +12,8 @@ registered, each request relayed statefully to the registrar's contact.
 `--stages` adds the product's route stopped early (bench/stages.py): a Python route that only
 relays, and the same after reading the request as the plugin does.
 
-All configurations are started and warmed up first (every distinct recipient three times, and
-once more with the scenario's request when it is not MESSAGE), then
+All configurations are started and warmed up first (every distinct recipient three times with
+MESSAGE, then once with the scenario's request), then
 measured in `--rounds` interleaved rounds at one fixed `--rate` for `--seconds` each, so that the
 machine's drift hits them alike. Kamailio CPU per request: the CPU of every Kamailio process over
 a run, per completed call (`/proc/<pid>/schedstat`). Printed as Markdown with the ratios, and
@@ -28,17 +28,7 @@ import statistics
 import time
 
 from bench import population
-from bench.lab import (
-    BENCH,
-    UAS_HOST,
-    Kamailio,
-    Lab,
-    start_native,
-    start_product,
-    uas,
-    usage,
-    warm_up,
-)
+from bench.lab import BENCH, UAS_HOST, Kamailio, Lab, start_native, start_product, uas, warm_up
 from bench.throughput import SCENARIOS, measured_run
 from cpmiw.testing import free_port
 
@@ -61,13 +51,9 @@ def _start(lab: Lab, name: str, redis_url: str, redis_port: int) -> Kamailio:
 def _idle(started: list[Kamailio], seconds: float) -> list[float]:
     """Each Kamailio's CPU with no traffic, ms a second, over the same `seconds`."""
     time.sleep(SETTLE_SECONDS)
-    pids = [kamailio.processes() for kamailio in started]
-    before = [{pid: usage(pid).cpu_ns for pid in group} for group in pids]
+    before = [kamailio.cpu_ns() for kamailio in started]
     time.sleep(seconds)
-    return [
-        sum(usage(pid).cpu_ns - was[pid] for pid in group) / 1e6 / seconds
-        for group, was in zip(pids, before, strict=True)
-    ]
+    return [(k.cpu_ns() - was) / 1e6 / seconds for k, was in zip(started, before, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             warm_up(lab, kamailio.address, draws, SCENARIOS["message"].uac)
             warming.stop()
             device_process, _ = uas(lab, scenario.uas, *device)
-            if scenario is not SCENARIOS["message"]:  # this request met once, as bench/run does
-                warm_up(lab, kamailio.address, draws, scenario.uac, 1, scenario.warm_rate)
+            # And every recipient meets this scenario's request once, as bench/run does.
+            warm_up(lab, kamailio.address, draws, scenario.uac, 1, scenario.warm_rate)
             started[name] = kamailio, device_process
             print(f"  {name}: started, {options.profiles:,} devices registered, warm", flush=True)
         idle = dict(zip(names, _idle([k for k, _ in started.values()], IDLE_SECONDS), strict=True))

@@ -50,7 +50,6 @@ from bench.lab import (
     start_product,
     started,
     uas,
-    usage,
 )
 from cpmiw.ops.rpc import KamailioRpc
 from cpmiw.store.layout import identity_key
@@ -465,11 +464,9 @@ def _visibility(a: Kamailio, b: Kamailio, device: tuple[str, int], count: int = 
 
 def _cpu_per_message(lab: Lab, proxy: Kamailio, recipients: Path, rate: int) -> float:
     """Kamailio CPU (µs) per MESSAGE relayed at `rate` for 10 s."""
-    pids = proxy.processes()
-    before = sum(usage(pid).cpu_ns for pid in pids)
+    before = proxy.cpu_ns()
     result = Uac(lab, "uac-message.xml", proxy.address, recipients, rate, 10).wait()
-    after = sum(usage(pid).cpu_ns for pid in pids)
-    return round((after - before) / 1000 / max(result.successful, 1), 1)
+    return round((proxy.cpu_ns() - before) / 1000 / max(result.successful, 1), 1)
 
 
 def _while_redis_down(lab: Lab, proxy: Kamailio, recipients: Path, server: Redis) -> dict[str, int]:

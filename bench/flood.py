@@ -40,7 +40,6 @@ from bench.lab import (
     start_product,
     uas,
     udp_receive_drops,
-    usage,
 )
 from cpmiw.store.profiles import ProfileStore
 from cpmiw.store.redis import connect
@@ -127,7 +126,7 @@ def _blocked(kamailio: Kamailio) -> int:
 
 
 def _cpu(kamailio: Kamailio) -> float:
-    return sum(usage(pid).cpu_ns for pid in kamailio.processes()) / 1e9
+    return kamailio.cpu_ns() / 1e9
 
 
 def phase(kamailio: Kamailio, name: str, flood: int, seconds: float) -> Phase:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from cpmiw.testing import free_port
+from cpmiw.testing.fuzz import processes
 
 from .lab import usage
 
@@ -120,11 +121,6 @@ def message(port: int) -> bytes:
     ).encode()
 
 
-def children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], check=False, capture_output=True, text=True)
-    return [int(child) for child in found.stdout.split()]
-
-
 def measure(statement: str, work: Path) -> float:
     """The worker's CPU (ns) per run of `statement`'s loop turn, divided by UNROLLED."""
     port = free_port()
@@ -138,11 +134,11 @@ def measure(statement: str, work: Path) -> float:
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(120)
             time.sleep(1.5)  # Kamailio forks its processes
-            before = {pid: usage(pid).cpu_ns for pid in children(kamailio.pid)}
+            before = {pid: usage(pid).cpu_ns for pid in processes(kamailio.pid)}
             sock.sendto(message(sock.getsockname()[1]), ("127.0.0.1", port))
             sock.recv(4096)
             # A process forked after the first look counts from its start: a few ms at most.
-            spent = max(usage(pid).cpu_ns - before.get(pid, 0) for pid in children(kamailio.pid))
+            spent = max(usage(pid).cpu_ns - before.get(pid, 0) for pid in processes(kamailio.pid))
     finally:
         kamailio.terminate()
         kamailio.wait(10)
